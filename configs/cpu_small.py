@@ -1,0 +1,24 @@
+"""128x128, slim widths: trains a useful model in minutes on 2 CPU cores.
+
+Same method and loss weights as the paper; the generator has 4 stages (128 -> 8) so the
+bottleneck stays 8x8, and all networks are half as wide."""
+from grdnet_tf.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.data.image_size = (128, 128)
+    c.model.base_width = 16
+    c.model.stages = 4
+    c.model.max_width = 128
+    c.model.latent_channels = 32
+    c.model.disc_base_width = 16
+    c.model.disc_stages = 4
+    c.model.seg_base_width = 16
+    c.model.seg_depth = 4
+    c.train.epochs = 30
+    c.train.batch_size = 8
+    c.train.checkpoint_every_steps = 50
+    c.train.log_every_steps = 10
+    c.train.image_every_steps = 100
+    return c

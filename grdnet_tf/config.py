@@ -1,0 +1,278 @@
+"""The one configuration schema of grdnet_tf (ml_collections), with validation.
+
+Every numeric choice of data synthesis, networks, losses, optimisation and scoring lives
+here; the files in ``configs/`` start from :func:`base_config` and change a few values.
+A run writes its resolved config to ``<model_dir>/config.json``; evaluation and export
+read it back with :func:`load_run_config`.
+
+Key reference (defaults are the paper's where the paper gives one):
+
+data
+  image_size        (height, width) the networks see; both divisible by 2**stages.
+  channels          1 (grayscale) or 3 (RGB); input images are converted.
+  roi_dir           folder with one ROI mask per training image (same stem); "" means
+                    ``<category>/train/roi`` when it exists, else whole-image ROIs.
+  val_fraction      held-out seeded fraction of train/good used for validation when the
+                    category has no ``validation/good`` folder.
+  skip_bad_files    skip unreadable images (counted and reported) instead of failing.
+synthesis (Perlin anomalies, method.md §1)
+  anomaly_prob      q: probability that a training sample gets an anomaly.
+  perlin_min_scale_log2 / perlin_max_scale_log2: Perlin grid scale 2**k per axis.
+  perlin_threshold  threshold on the noise in [-1, 1]-ish range giving the binary mask.
+  perlin_rotation_deg: the Perlin noise is rotated by U(-r, r) before thresholding.
+  beta_min, beta_max: blending factor beta ~ U(beta_min, beta_max).
+  texture_*_weight  relative odds of the texture sources colour/self/perlin/external.
+  texture_dir       optional folder of external textures (DTD-like), searched recursively.
+  colour_smooth_prob: probability that a colour texture is a smooth random field (bilinear
+                    upsampling of a random grid) rather than one uniform colour.
+  colour_field_min_cells / colour_field_max_cells: cells per axis of that random grid.
+  rotation_deg      rotation augmentation range [-r, r] (0 disables).
+  flip_horizontal, flip_vertical: optional flips.
+model
+  base_width, stages, blocks_per_stage, max_width: generator encoder/decoder widths
+                    (width of stage i = min(base_width * 2**i, max_width)).
+  bottleneck        "conv" (latent_channels x H/2**stages x W/2**stages) or "dense"
+                    (latent_dim vector; ties the generator to data.image_size).
+  norm              "batch", "group", "instance" or "none".
+  disc_base_width, disc_stages: discriminator.
+  seg_base_width, seg_depth: segmentator U-Net.
+  attention         "none" (reserved for SE/CBAM).
+loss (method.md §3)
+  w_adv, w_con, w_enc: w1, w2, w3 of L_gan.   w_l1, w_ssim: wa, wb of L_con.
+  enc_norm          "l2" or "l1".   w_focal: weight of the segmentator focal loss.
+  focal_gamma, focal_alpha: focal loss parameters (alpha < 0 disables class balancing).
+  roi_mode          "target": FL(A, M*ROI) (default); "prediction": FL(A*ROI, M*ROI).
+optimizer
+  learning_rate, beta_1, beta_2: Adam, one per network.
+  plateau_patience, plateau_factor, min_learning_rate: reduce-on-plateau.
+train
+  epochs, batch_size (global), steps_per_epoch (0 = one pass over train images),
+  strategy ("auto", "mirrored", "multi_worker", "default"), mixed_precision,
+  jit_compile, checkpoint_every_steps, keep_checkpoints, log_every_steps,
+  image_every_steps, deterministic, best_metric ("val_loss").
+scoring (method.md §5)
+  smoothing_kernel  average-pooling window (21 in the paper; 1 disables).
+  threshold_quantile quantile of validation-normal scores used as threshold.
+  tile_size, tile_stride: 0 disables tiling.
+"""
+import json
+import math
+import os
+
+import ml_collections
+
+ALLOWED = {
+    "data.channels": (1, 3),
+    "model.bottleneck": ("conv", "dense"),
+    "model.norm": ("batch", "group", "instance", "none"),
+    "model.attention": ("none", "se", "cbam"),
+    "loss.enc_norm": ("l2", "l1"),
+    "loss.roi_mode": ("target", "prediction"),
+    "train.strategy": ("auto", "mirrored", "multi_worker", "default"),
+    "train.best_metric": ("val_loss",),
+}
+
+NON_NEGATIVE = (
+    "loss.w_adv", "loss.w_con", "loss.w_enc", "loss.w_l1", "loss.w_ssim", "loss.w_focal",
+    "loss.focal_gamma", "synthesis.rotation_deg", "synthesis.texture_colour_weight",
+    "synthesis.texture_self_weight", "synthesis.texture_perlin_weight",
+    "synthesis.texture_external_weight", "optimizer.min_learning_rate",
+    "train.steps_per_epoch", "scoring.tile_size", "scoring.tile_stride",
+)
+POSITIVE_INT = (
+    "model.base_width", "model.stages", "model.blocks_per_stage", "model.max_width",
+    "model.latent_channels", "model.latent_dim", "model.disc_base_width",
+    "model.disc_stages", "model.seg_base_width", "model.seg_depth", "train.epochs",
+    "train.batch_size", "train.checkpoint_every_steps", "train.keep_checkpoints",
+    "train.log_every_steps", "train.image_every_steps", "scoring.smoothing_kernel",
+    "optimizer.plateau_patience",
+)
+UNIT_INTERVAL = (
+    "synthesis.anomaly_prob", "synthesis.beta_min", "synthesis.beta_max",
+    "data.val_fraction", "scoring.threshold_quantile",
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults shared by every config file (paper values where the paper has them)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.image_size = (256, 256)
+    c.data.channels = 3
+    c.data.roi_dir = ""
+    c.data.val_fraction = 0.1
+    c.data.skip_bad_files = False
+
+    c.synthesis = ml_collections.ConfigDict()
+    c.synthesis.anomaly_prob = 0.75
+    c.synthesis.perlin_min_scale_log2 = 0
+    c.synthesis.perlin_max_scale_log2 = 6
+    c.synthesis.perlin_threshold = 0.5
+    c.synthesis.perlin_rotation_deg = 90.0
+    c.synthesis.beta_min = 0.5
+    c.synthesis.beta_max = 1.0
+    c.synthesis.texture_colour_weight = 1.0
+    c.synthesis.texture_self_weight = 1.0
+    c.synthesis.texture_perlin_weight = 1.0
+    c.synthesis.texture_external_weight = 1.0
+    c.synthesis.texture_dir = ""
+    c.synthesis.colour_smooth_prob = 0.5
+    c.synthesis.colour_field_min_cells = 2
+    c.synthesis.colour_field_max_cells = 8
+    c.synthesis.rotation_deg = 90.0
+    c.synthesis.flip_horizontal = False
+    c.synthesis.flip_vertical = False
+
+    c.model = ml_collections.ConfigDict()
+    c.model.base_width = 32
+    c.model.stages = 5
+    c.model.blocks_per_stage = 1
+    c.model.max_width = 256
+    c.model.bottleneck = "conv"
+    c.model.latent_channels = 32
+    c.model.latent_dim = 2048
+    c.model.norm = "batch"
+    c.model.disc_base_width = 32
+    c.model.disc_stages = 5
+    c.model.seg_base_width = 32
+    c.model.seg_depth = 4
+    c.model.attention = "none"
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.w_adv = 1.0
+    c.loss.w_con = 50.0
+    c.loss.w_enc = 1.0
+    c.loss.w_l1 = 1.0
+    c.loss.w_ssim = 1.0
+    c.loss.enc_norm = "l2"
+    c.loss.w_focal = 1.0
+    c.loss.focal_gamma = 2.0
+    c.loss.focal_alpha = -1.0
+    c.loss.roi_mode = "target"
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.learning_rate = 1e-4
+    c.optimizer.beta_1 = 0.5
+    c.optimizer.beta_2 = 0.999
+    c.optimizer.plateau_patience = 3
+    c.optimizer.plateau_factor = math.exp(-0.1)
+    c.optimizer.min_learning_rate = 1e-7
+
+    c.train = ml_collections.ConfigDict()
+    c.train.epochs = 200
+    c.train.batch_size = 8
+    c.train.steps_per_epoch = 0
+    c.train.strategy = "auto"
+    c.train.mixed_precision = False
+    c.train.jit_compile = False
+    c.train.checkpoint_every_steps = 200
+    c.train.keep_checkpoints = 3
+    c.train.log_every_steps = 20
+    c.train.image_every_steps = 200
+    c.train.deterministic = False
+    c.train.best_metric = "val_loss"
+
+    c.scoring = ml_collections.ConfigDict()
+    c.scoring.smoothing_kernel = 21
+    c.scoring.threshold_quantile = 0.99
+    c.scoring.tile_size = 0
+    c.scoring.tile_stride = 0
+    return c
+
+
+def _get(config, dotted):
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def validate(config) -> None:
+    """Raises ValueError naming the offending key and the allowed values."""
+    for key, allowed in ALLOWED.items():
+        value = _get(config, key)
+        if value not in allowed:
+            raise ValueError(f"config {key}={value!r} is not allowed; choose one of {allowed}")
+    for key in NON_NEGATIVE:
+        value = _get(config, key)
+        if value < 0:
+            raise ValueError(f"config {key}={value!r} must be >= 0")
+    for key in POSITIVE_INT:
+        value = _get(config, key)
+        if int(value) != value or value < 1:
+            raise ValueError(f"config {key}={value!r} must be a positive integer")
+    for key in UNIT_INTERVAL:
+        value = _get(config, key)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"config {key}={value!r} must lie in [0, 1]")
+    if config.synthesis.beta_min > config.synthesis.beta_max:
+        raise ValueError("config synthesis.beta_min must not exceed synthesis.beta_max")
+    if not (0 <= config.synthesis.perlin_min_scale_log2 <= config.synthesis.perlin_max_scale_log2):
+        raise ValueError("config synthesis.perlin_min_scale_log2 must be >= 0 and "
+                         "<= synthesis.perlin_max_scale_log2")
+    size = tuple(config.data.image_size)
+    if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
+        raise ValueError(f"config data.image_size={size!r} must be (height, width) positive ints")
+    for key, levels in (("model.stages", config.model.stages),
+                        ("model.disc_stages", config.model.disc_stages),
+                        ("model.seg_depth", config.model.seg_depth)):
+        factor = 2 ** levels
+        if size[0] % factor or size[1] % factor:
+            raise ValueError(f"config data.image_size={size} must be divisible by "
+                             f"2**{key}={factor}")
+    if not 0.0 < config.optimizer.learning_rate:
+        raise ValueError("config optimizer.learning_rate must be > 0")
+    if not 0.0 < config.optimizer.plateau_factor <= 1.0:
+        raise ValueError("config optimizer.plateau_factor must lie in (0, 1]")
+    if config.scoring.tile_size and config.scoring.tile_stride < 1:
+        raise ValueError("config scoring.tile_stride must be >= 1 when scoring.tile_size is set")
+    if config.scoring.smoothing_kernel % 2 == 0:
+        raise ValueError("config scoring.smoothing_kernel must be odd")
+
+
+def freeze(config) -> ml_collections.FrozenConfigDict:
+    validate(config)
+    return ml_collections.FrozenConfigDict(config)
+
+
+def to_json(config) -> str:
+    return json.dumps(ml_collections.ConfigDict(config).to_dict(), indent=2, sort_keys=True)
+
+
+def write_run_config(config, model_dir) -> str:
+    """Writes ``config.json`` atomically into the run directory and returns its path."""
+    os.makedirs(model_dir, exist_ok=True)
+    path = os.path.join(model_dir, "config.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(to_json(config))
+    os.replace(tmp, path)
+    return path
+
+
+def from_dict(values) -> ml_collections.FrozenConfigDict:
+    """Builds a frozen config from a plain dict, filling keys added since it was written."""
+    config = base_config()
+
+    def merge(node, update, prefix):
+        for key, value in update.items():
+            if key not in node:
+                raise ValueError(f"unknown config key {prefix}{key}")
+            if isinstance(value, dict):
+                merge(node[key], value, f"{prefix}{key}.")
+            else:
+                node[key] = tuple(value) if isinstance(value, list) else value
+
+    merge(config, values, "")
+    return freeze(config)
+
+
+def load_run_config(model_dir) -> ml_collections.FrozenConfigDict:
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: --model_dir={model_dir} is not a "
+                                f"grdnet_tf training run")
+    with open(path, encoding="utf-8") as f:
+        return from_dict(json.load(f))

@@ -1,0 +1,119 @@
+"""Reading images and masks from disk with OpenCV (PNG, JPEG, BMP, TIFF).
+
+Images come back as ``uint8 [H, W, C]`` RGB (C = 3) or grayscale (C = 1), whatever the file
+holds: alpha is dropped, BGR becomes RGB, grayscale and colour are converted to the requested
+channel count, 16-bit files are scaled to 8 bits. Resizing to ``image_size = (height, width)``
+uses ``cv2.INTER_AREA`` when shrinking and ``cv2.INTER_LINEAR`` when enlarging (the aspect
+ratio is not kept: the networks see exactly ``image_size``). Masks are binarised (> 0 -> 1)
+and resized with exact nearest neighbour, so they stay in {0, 1}.
+
+Every failure (missing, empty, corrupt or undecodable file) raises :class:`ImageReadError`
+naming the file.
+"""
+import os
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class ImageReadError(ValueError):
+    """An image or mask file that cannot be read; the message names the file."""
+
+    def __init__(self, path, reason):
+        self.path = str(path)
+        super().__init__(f"cannot read image file {self.path}: {reason}")
+
+
+def is_image_file(name) -> bool:
+    """True for a non-hidden file name with one of :data:`IMAGE_EXTENSIONS` (any case)."""
+    base = os.path.basename(name)
+    return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _decode(path, flags):
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # also handles non-ASCII paths
+    except OSError as e:
+        raise ImageReadError(path, e.strerror or str(e)) from e
+    if data.size == 0:
+        raise ImageReadError(path, "the file is empty")
+    try:
+        image = cv2.imdecode(data, flags)
+    except cv2.error as e:
+        raise ImageReadError(path, f"OpenCV failed to decode it ({e})") from e
+    if image is None or image.size == 0:
+        raise ImageReadError(path, "OpenCV cannot decode it (corrupt or not an image)")
+    return image
+
+
+def _to_uint8(image, path):
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return (image.astype(np.uint32) // 257).astype(np.uint8)
+    if image.dtype == np.bool_:
+        return image.astype(np.uint8) * 255
+    raise ImageReadError(path, f"unsupported pixel type {image.dtype} (expected 8 or 16 bit)")
+
+
+def _resize(image, image_size, interpolation=None):
+    height, width = int(image_size[0]), int(image_size[1])
+    if image.shape[:2] == (height, width):
+        return image
+    if interpolation is None:
+        shrinking = height <= image.shape[0] and width <= image.shape[1]
+        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interpolation)
+
+
+def read_image(path, image_size=None, channels=3) -> np.ndarray:
+    """Reads one image as ``uint8 [H, W, channels]``.
+
+    Args:
+      path: file path (PNG, JPEG, BMP or TIFF; 8-bit or 16-bit, gray, RGB or RGBA).
+      image_size: ``(height, width)`` to resize to, or None to keep the native size.
+      channels: 3 for RGB (gray is replicated), 1 for grayscale (RGB is converted).
+    Raises:
+      ImageReadError: the file is missing, empty, corrupt or has an unsupported format.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    image = _to_uint8(_decode(path, cv2.IMREAD_UNCHANGED), path)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        image = image[:, :, None] if channels == 1 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    elif image.ndim == 3 and image.shape[2] in (3, 4):
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4
+                             else cv2.COLOR_BGR2RGB)
+        if channels == 1:
+            image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[:, :, None]
+    else:
+        raise ImageReadError(path, f"unsupported image shape {image.shape}")
+    if image_size is not None:
+        image = _resize(image, image_size)
+        if image.ndim == 2:  # cv2.resize drops a trailing channel of 1
+            image = image[:, :, None]
+    return np.ascontiguousarray(image, dtype=np.uint8)
+
+
+def read_mask(path, image_size=None) -> np.ndarray:
+    """Reads a mask as ``uint8 [H, W]`` in {0, 1}: any nonzero pixel (any channel) is 1.
+
+    Args:
+      path: mask file; an alpha channel is ignored.
+      image_size: ``(height, width)`` to resize to (nearest neighbour), or None.
+    Raises:
+      ImageReadError: the file is missing, empty, corrupt or has an unsupported format.
+    """
+    mask = _decode(path, cv2.IMREAD_UNCHANGED)
+    if mask.ndim == 3:
+        mask = mask[:, :, :3].max(axis=2) if mask.shape[2] >= 3 else mask.max(axis=2)
+    if mask.ndim != 2:
+        raise ImageReadError(path, f"unsupported mask shape {mask.shape}")
+    mask = (mask > 0).astype(np.uint8)
+    if image_size is not None:
+        mask = _resize(mask, image_size, cv2.INTER_NEAREST_EXACT)
+    return np.ascontiguousarray(mask)

@@ -1,0 +1,248 @@
+"""Training and validation ``tf.data`` pipelines over a decoded image cache (method.md §1).
+
+All images are decoded once (OpenCV, a few threads) into a uint8 :class:`ImageCache`; the
+datasets gather from it, augment and synthesise in TensorFlow ops, so there is no Python
+per sample and the stream depends only on ``config.seed``:
+
+* element ``e`` of the training stream belongs to pass ``p = e // N`` and shows image
+  ``index_shuffle(e % N, seed(config.seed, p))`` (a new permutation each pass);
+* its augmentation and anomaly use the stateless seed ``fold_in(seed(config.seed,
+  TRAIN_STREAM), e)``;
+* batch ``k`` holds elements ``[k B, (k + 1) B)``, so ``start_step=k`` starts the counter
+  at ``k B`` (nothing is decoded or synthesised for the skipped batches) and a resumed run
+  continues the same stream.
+
+Under ``tf.distribute`` the datasets are batched with the global batch size and shard by
+DATA (every worker builds the same stream and keeps its share of the batches).
+"""
+import concurrent.futures
+import dataclasses
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from grdnet_tf import keys
+from grdnet_tf.data import io, perlin, synthesis
+
+TRAIN_STREAM, VALIDATION_STREAM, SHUFFLE_STREAM = 0, 1, 2
+
+
+@dataclasses.dataclass
+class ImageCache:
+    """Decoded images of one split.
+
+    Args:
+      images: uint8 ``[N, H, W, C]``.
+      rois: uint8 ``[N, H, W, 1]`` in {0, 1} (all ones where an image has no ROI file).
+      paths: the N source image paths.
+    """
+    images: np.ndarray
+    rois: np.ndarray
+    paths: list
+
+    def __len__(self):
+        return len(self.paths)
+
+
+def _read_sample(sample, image_size, channels):
+    image = io.read_image(sample.path, image_size, channels)
+    if sample.roi_path is None:
+        roi = np.ones(image.shape[:2], np.uint8)
+    else:
+        roi = io.read_mask(sample.roi_path, image_size)
+        if not roi.any():
+            raise ValueError(f"ROI mask {sample.roi_path} (of {sample.path}) is empty (all "
+                             f"zero): fix or delete it (a missing ROI means the whole image)")
+    return image, roi
+
+
+def load_cache(samples, image_size, channels, skip_bad_files=False) -> ImageCache:
+    """Decodes every sample (image and ROI) once, resized to ``image_size = (h, w)``.
+
+    Args:
+      samples: :class:`grdnet_tf.data.mvtec.Sample` list (or anything with ``path`` and
+        ``roi_path``).
+      image_size: (height, width).
+      channels: 1 or 3.
+      skip_bad_files: skip unreadable images or ROIs (one warning with the count) instead
+        of raising.
+    Raises:
+      io.ImageReadError: an unreadable image or ROI file (unless skipped).
+      ValueError: an all-zero ROI mask (never skipped); every file skipped.
+    """
+    height, width = int(image_size[0]), int(image_size[1])
+    start = time.perf_counter()
+
+    def read(sample):
+        try:
+            return _read_sample(sample, (height, width), channels)
+        except io.ImageReadError as e:
+            if not skip_bad_files:
+                raise
+            return e
+
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(read, samples))
+    kept = [(s, r) for s, r in zip(samples, results) if not isinstance(r, Exception)]
+    skipped = [r for r in results if isinstance(r, Exception)]
+    if skipped:
+        logging.warning("skipped %d of %d unreadable files (data.skip_bad_files), e.g. %s",
+                        len(skipped), len(samples), "; ".join(str(e) for e in skipped[:3]))
+        if not kept:
+            raise ValueError(f"all {len(samples)} images were unreadable, e.g. {skipped[0]}")
+    images = np.zeros((len(kept), height, width, channels), np.uint8)
+    rois = np.zeros((len(kept), height, width, 1), np.uint8)
+    for i, (_, (image, roi)) in enumerate(kept):
+        images[i], rois[i, :, :, 0] = image, roi
+    logging.info("decoded %d images at %dx%d in %.1f s", len(kept), height, width,
+                 time.perf_counter() - start)
+    return ImageCache(images=images, rois=rois, paths=[s.path for s, _ in kept])
+
+
+def load_textures(config):
+    """The external textures of ``synthesis.texture_dir`` (searched recursively), decoded at
+    ``data.image_size`` with ``data.channels``; None when texture_dir is ""."""
+    texture_dir = config.synthesis.texture_dir
+    if not texture_dir:
+        return None
+    if not os.path.isdir(texture_dir):
+        raise FileNotFoundError(f"texture folder not found: synthesis.texture_dir="
+                                f"{texture_dir}")
+    paths = sorted(os.path.join(root, name) for root, _, names in os.walk(texture_dir)
+                   for name in names if io.is_image_file(name))
+    if not paths:
+        raise ValueError(f"no images ({', '.join(io.IMAGE_EXTENSIONS)}) under "
+                         f"synthesis.texture_dir={texture_dir}")
+    samples = [_TextureSample(p) for p in paths]
+    return load_cache(samples, config.data.image_size, config.data.channels,
+                      config.data.skip_bad_files)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TextureSample:
+    path: str
+    roi_path: str = None
+
+
+def _base_seed(config, stream):
+    return tf.constant([int(config.seed), stream], tf.int64)
+
+
+def _check_cache(cache, config, what):
+    expected = (*tuple(int(s) for s in config.data.image_size), int(config.data.channels))
+    if cache.images.ndim != 4 or cache.images.shape[1:] != expected:
+        raise ValueError(f"{what} images have shape {cache.images.shape[1:]}, expected "
+                         f"{expected} (data.image_size, data.channels)")
+
+
+def synthesis_fn(config, cache, texture_cache=None, augment=True, stream=TRAIN_STREAM):
+    """The per-example function ``(element_index int64, image_index) -> dict``.
+
+    Returns float32 tensors of one example: IMAGE (augmented X), PERTURBED (X_n), MASK (M)
+    and ROI, in [0, 1]. ``augment=False`` disables rotation and flips (validation).
+    Randomness: stateless seed ``fold_in((config.seed, stream), element_index)``.
+    Self-textures come from other images of ``cache`` (needs >= 2 images), external ones
+    from ``texture_cache``.
+    """
+    params = synthesis.SynthesisParams.from_config(config)
+    if not augment:
+        params = dataclasses.replace(params, rotation_deg=0.0, flip_horizontal=False,
+                                     flip_vertical=False)
+    _check_cache(cache, config, "cache")
+    images = tf.constant(cache.images)
+    rois = tf.constant(cache.rois)
+    self_bank = images if len(cache) >= 2 else None
+    external_bank = None
+    if texture_cache is not None and len(texture_cache):
+        _check_cache(texture_cache, config, "texture")
+        external_bank = tf.constant(texture_cache.images)
+    # Fail now, not inside tf.data, when no texture source is left.
+    synthesis.source_probabilities(params, self_bank is not None, external_bank is not None)
+    base_seed = _base_seed(config, stream)
+
+    def fn(element_index, image_index):
+        seed = perlin.fold(base_seed, tf.cast(element_index, tf.int64))
+        image = synthesis.to_float(tf.gather(images, image_index))
+        roi = tf.cast(tf.gather(rois, image_index), tf.float32)
+        image, roi = synthesis.augment_geometry(image, roi, seed, params)
+        perturbed, mask = synthesis.synthesize(image, seed, params, self_bank=self_bank,
+                                               self_index=image_index,
+                                               external_bank=external_bank)
+        return {keys.IMAGE: image, keys.PERTURBED: perturbed, keys.MASK: mask, keys.ROI: roi}
+
+    return fn
+
+
+def _options():
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    return options
+
+
+def shuffled_index(config, element_index, num_images):
+    """Image index of stream element ``element_index``: a fresh seeded permutation of the
+    ``num_images`` images for each pass over them."""
+    element_index = tf.cast(element_index, tf.int64)
+    n = tf.constant(num_images, tf.int64)
+    seed = perlin.fold(_base_seed(config, SHUFFLE_STREAM), element_index // n)
+    return tf.random.experimental.index_shuffle(element_index % n, seed, n - 1)
+
+
+def train_dataset(config, cache, global_batch_size, start_step=0, texture_cache=None):
+    """Infinite training stream of batches ``{IMAGE, PERTURBED, MASK, ROI}``.
+
+    Args:
+      config: the run config (data, synthesis, seed).
+      cache: training :class:`ImageCache`.
+      global_batch_size: batch size over all replicas (drop_remainder=True).
+      start_step: number of batches to skip (resuming): the result starts with batch
+        ``start_step`` of the stream that ``start_step=0`` gives.
+      texture_cache: external textures; None loads ``synthesis.texture_dir`` if set.
+    Returns:
+      ``tf.data.Dataset`` of dicts: IMAGE and PERTURBED float32 ``[B, H, W, C]`` in [0, 1],
+      MASK and ROI float32 ``[B, H, W, 1]`` in {0, 1}.
+    """
+    if len(cache) == 0:
+        raise ValueError("train_dataset: the training cache holds no images")
+    if global_batch_size < 1 or start_step < 0:
+        raise ValueError(f"global_batch_size={global_batch_size} must be >= 1 and "
+                         f"start_step={start_step} >= 0")
+    if texture_cache is None:
+        texture_cache = load_textures(config)
+    fn = synthesis_fn(config, cache, texture_cache, augment=True, stream=TRAIN_STREAM)
+    num_images = len(cache)
+
+    def example(element_index):
+        return fn(element_index, shuffled_index(config, element_index, num_images))
+
+    ds = tf.data.Dataset.counter(start=int(start_step) * int(global_batch_size),
+                                 dtype=tf.int64)
+    ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(int(global_batch_size), drop_remainder=True)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def validation_dataset(config, cache, batch_size, texture_cache=None):
+    """One deterministic pass over the validation images, in cache order.
+
+    Fixed-seed anomalies (the same on every call), no rotation or flips, the last batch may
+    be smaller (drop_remainder=False); same keys and dtypes as :func:`train_dataset`.
+    Self-textures come from the validation images themselves (never from the test split).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    if len(cache) == 0:
+        logging.warning("validation_dataset: no validation images; the dataset is empty")
+    if texture_cache is None:
+        texture_cache = load_textures(config)
+    fn = synthesis_fn(config, cache, texture_cache, augment=False, stream=VALIDATION_STREAM)
+    ds = tf.data.Dataset.range(len(cache))
+    ds = ds.map(lambda i: fn(i, i), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(int(batch_size), drop_remainder=False)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())

@@ -1,0 +1,271 @@
+"""Synthetic anomalies and joint geometric augmentation of one example (method.md §1).
+
+Per example, in this order (**Decision**):
+
+1. geometry on the clean image X and its ROI: rotation by U(-rotation_deg, rotation_deg)
+   about the centre (REFLECT fill; bilinear for X, nearest for the ROI), then optional
+   horizontal / vertical flips, each with probability 1/2;
+2. synthesis on the *rotated* X: with probability q = anomaly_prob a Perlin mask M (random
+   scale 2**k per axis, rotated, thresholded) and a texture N (uniform or smooth random
+   colour field, another training image, Perlin colour noise, or an external texture, drawn
+   with the texture_*_weight odds); beta ~ U(beta_min, beta_max) and
+
+       X_n = (1 - M) X + (1 - beta) M X + beta M N,
+
+   computed as ``where(M, (1 - beta) X + beta N, X)`` so that pixels outside M are X
+   bit for bit; otherwise M = 0 and X_n = X exactly.
+
+Synthesising after the geometry is equivalent to transforming (X, X_n, M, ROI) jointly,
+except that M is then exactly the set of changed pixels (no interpolation at its border).
+A Perlin field that never exceeds the threshold is rescaled to peak 1 (sign chosen by the
+larger extreme) before thresholding, so an anomalous sample never has an empty mask.
+
+All randomness is stateless (Philox) and derived from one per-example seed, so an example
+depends only on (config.seed, stream, element index).
+"""
+import dataclasses
+import math
+
+import tensorflow as tf
+
+from grdnet_tf.data import perlin
+
+# Sources of the texture N.
+COLOUR, SELF, PERLIN, EXTERNAL = 0, 1, 2, 3
+SOURCE_NAMES = ("colour", "self", "perlin", "external")
+
+# Sub-seed tags folded into the per-example seed.
+(_ROTATE, _FLIP_H, _FLIP_V, _ANOMALY, _MASK, _BETA, _SOURCE, _TEXTURE,
+ _SMOOTH, _CELLS_Y, _CELLS_X) = range(11)
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthesisParams:
+    """The ``synthesis.*`` config values, validated (see grdnet_tf/config.py)."""
+    anomaly_prob: float
+    perlin_min_scale_log2: int
+    perlin_max_scale_log2: int
+    perlin_threshold: float
+    perlin_rotation_deg: float
+    beta_min: float
+    beta_max: float
+    texture_weights: tuple  # (colour, self, perlin, external)
+    colour_smooth_prob: float
+    colour_field_min_cells: int
+    colour_field_max_cells: int
+    rotation_deg: float
+    flip_horizontal: bool
+    flip_vertical: bool
+
+    @classmethod
+    def from_config(cls, config):
+        s = config.synthesis
+        params = cls(
+            anomaly_prob=float(s.anomaly_prob),
+            perlin_min_scale_log2=int(s.perlin_min_scale_log2),
+            perlin_max_scale_log2=int(s.perlin_max_scale_log2),
+            perlin_threshold=float(s.perlin_threshold),
+            perlin_rotation_deg=float(s.perlin_rotation_deg),
+            beta_min=float(s.beta_min), beta_max=float(s.beta_max),
+            texture_weights=(float(s.texture_colour_weight), float(s.texture_self_weight),
+                             float(s.texture_perlin_weight),
+                             float(s.texture_external_weight)),
+            colour_smooth_prob=float(s.colour_smooth_prob),
+            colour_field_min_cells=int(s.colour_field_min_cells),
+            colour_field_max_cells=int(s.colour_field_max_cells),
+            rotation_deg=float(s.rotation_deg),
+            flip_horizontal=bool(s.flip_horizontal), flip_vertical=bool(s.flip_vertical))
+        if not 0.0 <= params.anomaly_prob <= 1.0:
+            raise ValueError(f"config synthesis.anomaly_prob={params.anomaly_prob} must lie "
+                             f"in [0, 1]")
+        if not 0 <= params.perlin_min_scale_log2 <= params.perlin_max_scale_log2:
+            raise ValueError("config synthesis.perlin_min_scale_log2 must be >= 0 and <= "
+                             "synthesis.perlin_max_scale_log2")
+        if not -1.0 < params.perlin_threshold < 1.0:
+            raise ValueError(f"config synthesis.perlin_threshold={params.perlin_threshold} "
+                             f"must lie in (-1, 1)")
+        if not 0.0 <= params.beta_min <= params.beta_max <= 1.0:
+            raise ValueError("config synthesis.beta_min <= synthesis.beta_max must lie in "
+                             "[0, 1]")
+        if min(params.texture_weights) < 0:
+            raise ValueError("config synthesis.texture_*_weight must be >= 0")
+        if not 0.0 <= params.colour_smooth_prob <= 1.0:
+            raise ValueError("config synthesis.colour_smooth_prob must lie in [0, 1]")
+        if not 1 <= params.colour_field_min_cells <= params.colour_field_max_cells:
+            raise ValueError("config synthesis.colour_field_min_cells must be >= 1 and <= "
+                             "synthesis.colour_field_max_cells")
+        if params.rotation_deg < 0 or params.perlin_rotation_deg < 0:
+            raise ValueError("config synthesis.rotation_deg and perlin_rotation_deg must be "
+                             ">= 0")
+        return params
+
+
+def to_float(image_uint8):
+    """uint8 -> float32 in [0, 1]."""
+    return tf.cast(image_uint8, tf.float32) / 255.0
+
+
+def _coin(seed, tag, prob=0.5):
+    return perlin.uniform([], perlin.fold(seed, tag)) < prob
+
+
+def augment_geometry(image, roi, seed, params):
+    """Joint rotation and flips of ``image [H, W, C]`` and ``roi [H, W, 1]`` (float32).
+
+    Rotation by U(-rotation_deg, rotation_deg) about the centre with REFLECT fill (bilinear
+    for the image, nearest for the ROI, which stays binary); then each enabled flip with
+    probability 1/2. rotation_deg = 0 skips the rotation (exact identity).
+    """
+    if params.rotation_deg > 0:
+        limit = math.radians(params.rotation_deg)
+        angle = perlin.uniform([], perlin.fold(seed, _ROTATE), -limit, limit)
+        image = tf.clip_by_value(perlin.rotate(image, angle, "BILINEAR"), 0.0, 1.0)
+        roi = perlin.rotate(roi, angle, "NEAREST")
+    for enabled, tag, axis in ((params.flip_horizontal, _FLIP_H, 1),
+                               (params.flip_vertical, _FLIP_V, 0)):
+        if enabled:
+            flip = _coin(seed, tag)
+            image = tf.where(flip, tf.reverse(image, [axis]), image)
+            roi = tf.where(flip, tf.reverse(roi, [axis]), roi)
+    return image, roi
+
+
+def anomaly_mask(height, width, seed, params):
+    """Non-empty binary Perlin mask ``float32 [H, W, 1]`` (see the module docstring)."""
+    noise = perlin.random_perlin_noise(height, width, seed, params.perlin_min_scale_log2,
+                                       params.perlin_max_scale_log2)[:, :, None]
+    if params.perlin_rotation_deg > 0:
+        limit = math.radians(params.perlin_rotation_deg)
+        angle = perlin.uniform([], perlin.fold(seed, _ROTATE), -limit, limit)
+        noise = perlin.rotate(noise, angle, "BILINEAR")
+    high, low = tf.reduce_max(noise), -tf.reduce_min(noise)
+    peak = tf.maximum(tf.maximum(high, low), 1e-6)
+    rescaled = noise * tf.where(high >= low, 1.0, -1.0) / peak
+    noise = tf.where(high > params.perlin_threshold, noise, rescaled)
+    return tf.cast(noise > params.perlin_threshold, tf.float32)
+
+
+def colour_texture(shape, seed, params):
+    """A uniform random colour, or (probability colour_smooth_prob) a smooth random field:
+    a random grid of colour_field_{min,max}_cells cells per axis upsampled bilinearly."""
+    height, width, channels = shape
+
+    def uniform_colour():
+        colour = perlin.uniform([1, 1, channels], perlin.fold(seed, _TEXTURE))
+        return tf.broadcast_to(colour, shape)
+
+    def smooth_field():
+        cells = [tf.random.stateless_uniform([], perlin.fold(seed, tag),
+                                             minval=params.colour_field_min_cells,
+                                             maxval=params.colour_field_max_cells + 1,
+                                             dtype=tf.int32, alg=perlin.ALG)
+                 for tag in (_CELLS_Y, _CELLS_X)]
+        grid = perlin.uniform(tf.stack([cells[0], cells[1], channels]),
+                              perlin.fold(seed, _TEXTURE))
+        field = tf.image.resize(grid, [height, width], method="bilinear")
+        return tf.ensure_shape(tf.clip_by_value(field, 0.0, 1.0), shape)
+
+    if params.colour_smooth_prob <= 0:
+        return uniform_colour()
+    if params.colour_smooth_prob >= 1:
+        return smooth_field()
+    return tf.cond(_coin(seed, _SMOOTH, params.colour_smooth_prob), smooth_field,
+                   uniform_colour)
+
+
+def perlin_texture(shape, seed, params):
+    """Perlin colour noise: one random-scale Perlin field per channel, min-max to [0, 1]."""
+    height, width, channels = shape
+    planes = []
+    for c in range(channels):
+        noise = perlin.random_perlin_noise(height, width, perlin.fold(seed, c),
+                                           params.perlin_min_scale_log2,
+                                           params.perlin_max_scale_log2)
+        low, high = tf.reduce_min(noise), tf.reduce_max(noise)
+        planes.append((noise - low) / tf.maximum(high - low, 1e-6))
+    return tf.stack(planes, axis=-1)
+
+
+def bank_texture(bank, seed, exclude=None):
+    """A random image of ``bank`` (uint8 ``[N, H, W, C]`` tensor), randomly rolled (circular
+    shift) so its content does not line up with the target; with ``exclude`` (an index into
+    the same bank, needs N >= 2) a different image than that one."""
+    n = tf.shape(bank, out_type=tf.int64)[0]
+    if exclude is None:
+        index = tf.random.stateless_uniform([], perlin.fold(seed, 0), minval=0, maxval=n,
+                                            dtype=tf.int64, alg=perlin.ALG)
+    else:
+        offset = tf.random.stateless_uniform([], perlin.fold(seed, 0), minval=1, maxval=n,
+                                             dtype=tf.int64, alg=perlin.ALG)
+        index = (tf.cast(exclude, tf.int64) + offset) % n
+    image = to_float(tf.gather(bank, index))
+    shift = tf.random.stateless_uniform([2], perlin.fold(seed, 1), minval=0,
+                                        maxval=tf.int32.max, dtype=tf.int32, alg=perlin.ALG)
+    shift = shift % tf.shape(image)[:2]
+    return tf.roll(image, shift, axis=[0, 1])
+
+
+def source_probabilities(params, have_self, have_external):
+    """Normalised odds of (colour, self, perlin, external); unavailable sources get 0."""
+    weights = list(params.texture_weights)
+    if not have_self:
+        weights[SELF] = 0.0
+    if not have_external:
+        weights[EXTERNAL] = 0.0
+    total = sum(weights)
+    if total <= 0:
+        raise ValueError("config synthesis.texture_*_weight: every available texture source "
+                         f"has weight 0 (weights {params.texture_weights}, self-texture "
+                         f"{'available' if have_self else 'unavailable'}, external "
+                         f"{'available' if have_external else 'unavailable'})")
+    return [w / total for w in weights]
+
+
+def synthesize(image, seed, params, self_bank=None, self_index=None, external_bank=None):
+    """Perturbs ``image`` (float32 ``[H, W, C]`` in [0, 1]) with a synthetic anomaly.
+
+    Args:
+      image: the (already augmented) clean image X.
+      seed: per-example stateless seed ``[2]``.
+      params: :class:`SynthesisParams`.
+      self_bank: uint8 ``[N, H, W, C]`` training images for self-textures (N >= 2), or None.
+      self_index: index of ``image`` in ``self_bank`` (excluded from the draw).
+      external_bank: uint8 ``[K, H, W, C]`` external textures, or None.
+    Returns:
+      (perturbed X_n, mask M): float32 ``[H, W, C]`` in [0, 1] and ``[H, W, 1]`` in {0, 1}.
+    """
+    shape = tuple(image.shape)
+    height, width, _ = shape
+    probs = source_probabilities(params, self_bank is not None, external_bank is not None)
+    texture_seed = perlin.fold(seed, _TEXTURE)
+    makers = {
+        COLOUR: lambda: colour_texture(shape, texture_seed, params),
+        SELF: lambda: bank_texture(self_bank, texture_seed, exclude=self_index),
+        PERLIN: lambda: perlin_texture(shape, texture_seed, params),
+        EXTERNAL: lambda: bank_texture(external_bank, texture_seed),
+    }
+    sources = [s for s in (COLOUR, SELF, PERLIN, EXTERNAL) if probs[s] > 0]
+
+    def texture():
+        if len(sources) == 1:
+            return makers[sources[0]]()
+        u = perlin.uniform([], perlin.fold(seed, _SOURCE))
+        bounds = tf.constant([sum(probs[t] for t in sources[:i + 1])
+                              for i in range(len(sources) - 1)], tf.float32)
+        branch = tf.reduce_sum(tf.cast(u >= bounds, tf.int32))
+        return tf.switch_case(branch, [makers[s] for s in sources])
+
+    def anomalous():
+        mask = anomaly_mask(height, width, perlin.fold(seed, _MASK), params)
+        beta = perlin.uniform([], perlin.fold(seed, _BETA), params.beta_min, params.beta_max)
+        blended = tf.clip_by_value((1.0 - beta) * image + beta * texture(), 0.0, 1.0)
+        return tf.where(mask > 0, blended, image), mask
+
+    def clean():
+        return image, tf.zeros([height, width, 1], tf.float32)
+
+    if params.anomaly_prob <= 0:
+        return clean()
+    if params.anomaly_prob >= 1:
+        return anomalous()
+    return tf.cond(_coin(seed, _ANOMALY, params.anomaly_prob), anomalous, clean)

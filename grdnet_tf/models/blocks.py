@@ -1,0 +1,149 @@
+"""Building blocks shared by the three GRD-Net networks.
+
+ResNet-V2 pre-activation residual blocks (He et al. 2016, "Identity Mappings in Deep
+Residual Networks"): norm -> activation -> conv, twice, plus a shortcut that is the identity
+when the shape is unchanged and a 1x1 projection of the pre-activated input otherwise.
+"""
+import keras
+from keras import layers
+
+NORMS = ("batch", "group", "instance", "none")
+ACTIVATIONS = ("relu", "leaky_relu")
+
+
+def check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {tuple(allowed)}")
+
+
+def check_channels(name, value):
+    if value not in (1, 3):
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of (1, 3)")
+
+
+def check_positive(name, value):
+    if int(value) != value or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+def check_divisible(height, width, levels, what):
+    """Raises ValueError when a static (height, width) is not divisible by 2**levels."""
+    factor = 2 ** levels
+    for dim_name, dim in (("height", height), ("width", width)):
+        if dim is not None and dim % factor:
+            raise ValueError(f"{what}: input {dim_name}={dim} must be divisible by "
+                             f"2**{levels}={factor} (image_size must be a multiple of {factor})")
+
+
+def _group_count(channels):
+    for groups in (32, 16, 8, 4, 2):
+        if channels % groups == 0 and channels // groups >= 2:
+            return groups
+    return 1
+
+
+def make_norm(kind, channels, name):
+    """A normalisation layer by name; 'none' gives an identity layer."""
+    check_choice("norm", kind, NORMS)
+    if kind == "batch":
+        return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+    if kind == "group":
+        return layers.GroupNormalization(groups=_group_count(channels), name=name)
+    if kind == "instance":
+        return layers.GroupNormalization(groups=-1, name=name)
+    return layers.Identity(name=name)
+
+
+def make_activation(kind, name):
+    check_choice("activation", kind, ACTIVATIONS)
+    if kind == "relu":
+        return layers.ReLU(name=name)
+    return layers.LeakyReLU(negative_slope=0.2, name=name)
+
+
+@keras.saving.register_keras_serializable(package="grdnet_tf")
+class PreActResidualBlock(layers.Layer):
+    """Pre-activation residual block: (norm, act, conv3x3) x 2 + shortcut.
+
+    Args:
+        filters: output channels.
+        resample: "none", "down" (first conv has stride 2) or "up" (nearest 2x upsampling
+            of the pre-activated input before the first conv and the shortcut).
+        norm: "batch", "group", "instance" or "none".
+        activation: "relu" or "leaky_relu" (slope 0.2).
+    """
+
+    def __init__(self, filters, resample="none", norm="batch", activation="relu", **kwargs):
+        super().__init__(**kwargs)
+        check_positive("filters", filters)
+        check_choice("resample", resample, ("none", "down", "up"))
+        check_choice("norm", norm, NORMS)
+        check_choice("activation", activation, ACTIVATIONS)
+        self.filters = filters
+        self.resample = resample
+        self.norm = norm
+        self.activation = activation
+
+    def build(self, input_shape):
+        in_channels = input_shape[-1]
+        stride = 2 if self.resample == "down" else 1
+        use_bias = self.norm == "none"
+        self.norm1 = make_norm(self.norm, in_channels, "norm1")
+        self.act1 = make_activation(self.activation, "act1")
+        self.conv1 = layers.Conv2D(self.filters, 3, strides=stride, padding="same",
+                                   use_bias=use_bias, name="conv1")
+        self.norm2 = make_norm(self.norm, self.filters, "norm2")
+        self.act2 = make_activation(self.activation, "act2")
+        self.conv2 = layers.Conv2D(self.filters, 3, padding="same", name="conv2")
+        self.upsample = (layers.UpSampling2D(2, interpolation="nearest", name="upsample")
+                         if self.resample == "up" else None)
+        self.needs_projection = self.resample != "none" or in_channels != self.filters
+        self.projection = (layers.Conv2D(self.filters, 1, strides=stride, name="projection")
+                           if self.needs_projection else None)
+
+        shape = tuple(input_shape)
+        self.norm1.build(shape)
+        pre = shape
+        if self.upsample is not None:
+            pre = self.upsample.compute_output_shape(shape)
+        self.conv1.build(pre)
+        mid = self.conv1.compute_output_shape(pre)
+        self.norm2.build(mid)
+        self.conv2.build(mid)
+        if self.projection is not None:
+            self.projection.build(pre)
+
+    def call(self, x, training=None):
+        h = self.act1(self.norm1(x, training=training))
+        if self.upsample is not None:
+            h = self.upsample(h)
+            shortcut = self.projection(h)
+        elif self.needs_projection:
+            shortcut = self.projection(h)
+        else:
+            shortcut = x
+        h = self.conv1(h)
+        h = self.act2(self.norm2(h, training=training))
+        h = self.conv2(h)
+        return h + shortcut
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, _ = input_shape
+        if self.resample == "down":
+            height = None if height is None else (height + 1) // 2
+            width = None if width is None else (width + 1) // 2
+        elif self.resample == "up":
+            height = None if height is None else height * 2
+            width = None if width is None else width * 2
+        return (batch, height, width, self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters, resample=self.resample, norm=self.norm,
+                      activation=self.activation)
+        return config
+
+
+def stage_widths(base_width, stages, max_width):
+    """Width of stage i = min(base_width * 2**i, max_width)."""
+    return [min(base_width * 2 ** i, max_width) for i in range(stages)]

@@ -1,0 +1,208 @@
+"""GRDNet: the one Keras model that owns GRD-Net training and inference.
+
+It holds the generator, discriminator and segmentator, three optimizers (one per network)
+and the loss weights. `train_step` does, per batch (method.md §3):
+
+  1. one generator forward X_n -> (X̂, z, ẑ) and discriminator forwards on X and X̂ under a
+     persistent tape;
+  2. discriminator update from BCE(real X -> 1, X̂ -> 0), over discriminator weights only;
+  3. generator update from L_gan = w1 L_adv + w2 L_con + w3 L_enc, over generator weights
+     only (the feature-matching term sends gradient through X̂ to the generator);
+  4. segmentator update from the ROI-restricted focal loss on concat(X_n, stop_grad(X̂)).
+
+Steps 2 and 3 share the forward pass of step 1 (the generator is not run twice); both
+gradients are taken before either update is applied.
+
+Losses are reduced over the GLOBAL batch (sum / (per-replica batch x replicas)), so that the
+summed cross-replica gradients equal single-device gradients. Reported metrics are replica
+means (the true loss values).
+
+Inference (`call`): X -> {reconstruction: X̂, anomaly_map: A [B, H, W]}; smoothing and the
+image score live in `grdnet_tf.scoring`.
+"""
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from grdnet_tf import keys, losses
+from grdnet_tf.models.networks import build_networks
+
+LOSS_METRICS = ("total_loss", "generator_loss", "adversarial_loss", "contextual_loss",
+                "l1_loss", "ssim_loss", "encoder_loss", "discriminator_loss",
+                "segmentator_loss")
+NORM_METRICS = ("generator_grad_norm", "discriminator_grad_norm", "segmentator_grad_norm")
+
+
+@keras.saving.register_keras_serializable(package="grdnet_tf")
+class GRDNet(keras.Model):
+    """Generator + discriminator + segmentator with a custom `train_step`.
+
+    Args:
+        generator, discriminator, segmentator: the networks (grdnet_tf.models.networks).
+        loss_weights: dict of `losses.LossWeights` fields (config section ``loss``).
+    """
+
+    def __init__(self, generator, discriminator, segmentator, loss_weights=None, **kwargs):
+        super().__init__(**kwargs)
+        self.generator = generator
+        self.discriminator = discriminator
+        self.segmentator = segmentator
+        self.loss_weights = dict(loss_weights or {})
+        self.weights_ = losses.LossWeights(**self.loss_weights)
+        self.trackers = {name: keras.metrics.Mean(name=name)
+                         for name in LOSS_METRICS + NORM_METRICS}
+        self.g_optimizer = self.d_optimizer = self.s_optimizer = None
+
+    @classmethod
+    def from_config_dict(cls, config):
+        """Builds an unbuilt GRDNet from a grdnet_tf config (sections model, data, loss)."""
+        generator, discriminator, segmentator = build_networks(config)
+        return cls(generator, discriminator, segmentator,
+                   loss_weights=dataclasses.asdict(losses.LossWeights.from_config(config.loss)),
+                   name="grdnet")
+
+    def build_networks(self, image_shape):
+        """Creates every variable from an image shape (H, W, C); call inside the strategy scope."""
+        h, w, c = image_shape
+        images = tf.zeros((1, h, w, c))
+        self.generator(images)
+        self.discriminator(images)
+        self.segmentator(tf.zeros((1, h, w, 2 * c)))
+        self.call(images)
+
+    def compile(self, g_optimizer, d_optimizer, s_optimizer, **kwargs):
+        """One optimizer per network, built eagerly (required under a strategy)."""
+        self.g_optimizer, self.d_optimizer, self.s_optimizer = (g_optimizer, d_optimizer,
+                                                                s_optimizer)
+        super().compile(optimizer=g_optimizer, **kwargs)
+        for optimizer, net in self._pairs():
+            optimizer.build(net.trainable_variables)
+
+    def _pairs(self):
+        return ((self.g_optimizer, self.generator), (self.d_optimizer, self.discriminator),
+                (self.s_optimizer, self.segmentator))
+
+    @property
+    def optimizers(self):
+        return {"generator": self.g_optimizer, "discriminator": self.d_optimizer,
+                "segmentator": self.s_optimizer}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def call(self, images, training=False):
+        reconstruction, _ = self.generator.reconstruct(images, training=training)
+        segmentator_input = tf.concat([tf.cast(images, reconstruction.dtype), reconstruction],
+                                      axis=-1)
+        anomaly_map = self.segmentator(segmentator_input, training=training)
+        return {keys.RECONSTRUCTION: reconstruction, keys.ANOMALY_MAP: anomaly_map[..., 0]}
+
+    def compute_losses(self, data, training):
+        """Forward pass and every loss; returns (scalar losses for the global batch, forward).
+
+        Scalars are sums over this replica's examples divided by the global batch size.
+        """
+        x, x_n = data[keys.IMAGE], data[keys.PERTURBED]
+        w = self.weights_
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        global_batch = tf.cast(tf.shape(x)[0] * replicas, tf.float32)
+
+        def reduce(per_example):
+            return tf.reduce_sum(per_example) / global_batch
+
+        x_hat, z, z_hat = self.generator(x_n, training=training)
+        features_real, logit_real = self.discriminator(x, training=training)
+        features_fake, logit_fake = self.discriminator(x_hat, training=training)
+        components = losses.generator_losses(x, x_hat, z, z_hat, features_real,
+                                             features_fake, w)
+        scalars = {f"{name}_loss": reduce(value) for name, value in components.items()}
+        scalars["discriminator_loss"] = reduce(
+            losses.discriminator_loss(logit_real, logit_fake))
+        return scalars, x_hat
+
+    def segmentator_loss(self, data, x_hat, training):
+        w = self.weights_
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        global_batch = tf.cast(tf.shape(x_hat)[0] * replicas, tf.float32)
+        x_n = tf.cast(data[keys.PERTURBED], x_hat.dtype)
+        anomaly_map = self.segmentator(tf.concat([x_n, tf.stop_gradient(x_hat)], axis=-1),
+                                       training=training)
+        focal = losses.segmentation_loss(anomaly_map, data[keys.MASK], data[keys.ROI],
+                                         gamma=w.focal_gamma, alpha=w.focal_alpha,
+                                         roi_mode=w.roi_mode)
+        return w.w_focal * tf.reduce_sum(focal) / global_batch
+
+    def train_step(self, data):
+        with tf.GradientTape(persistent=True) as tape:
+            scalars, x_hat = self.compute_losses(data, training=True)
+            scaled_g = _scale(self.g_optimizer, scalars["generator_loss"])
+            scaled_d = _scale(self.d_optimizer, scalars["discriminator_loss"])
+        d_grads = tape.gradient(scaled_d, self.discriminator.trainable_variables)
+        g_grads = tape.gradient(scaled_g, self.generator.trainable_variables)
+        del tape
+        with tf.GradientTape() as seg_tape:
+            scalars["segmentator_loss"] = self.segmentator_loss(data, x_hat, training=True)
+            scaled_s = _scale(self.s_optimizer, scalars["segmentator_loss"])
+        s_grads = seg_tape.gradient(scaled_s, self.segmentator.trainable_variables)
+
+        norms = {}
+        for name, optimizer, net, grads in (
+                ("discriminator", self.d_optimizer, self.discriminator, d_grads),
+                ("generator", self.g_optimizer, self.generator, g_grads),
+                ("segmentator", self.s_optimizer, self.segmentator, s_grads)):
+            optimizer.apply_gradients(zip(grads, net.trainable_variables))
+            norms[f"{name}_grad_norm"] = tf.linalg.global_norm(grads)
+        return self._update_trackers(scalars, norms)
+
+    def test_step(self, data):
+        scalars, x_hat = self.compute_losses(data, training=False)
+        scalars["segmentator_loss"] = self.segmentator_loss(data, x_hat, training=False)
+        return self._update_trackers(scalars, {})
+
+    def _update_trackers(self, scalars, norms):
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        scalars["total_loss"] = scalars["generator_loss"] + scalars["segmentator_loss"]
+        for name, value in scalars.items():
+            # value is this replica's share of the global mean; x replicas = replica mean.
+            self.trackers[name].update_state(value * replicas)
+        for name, value in norms.items():
+            self.trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.trackers.items()
+                if name in scalars or name in norms}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            generator=keras.saving.serialize_keras_object(self.generator),
+            discriminator=keras.saving.serialize_keras_object(self.discriminator),
+            segmentator=keras.saving.serialize_keras_object(self.segmentator),
+            loss_weights=self.loss_weights)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for name in ("generator", "discriminator", "segmentator"):
+            config[name] = keras.saving.deserialize_keras_object(config[name])
+        return cls(**config)
+
+
+def _scale(optimizer, loss):
+    """Loss scaling for mixed precision (a LossScaleOptimizer); identity otherwise."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer.scale_loss(loss)
+    return loss
+
+
+def make_optimizers(optimizer_config, mixed_precision=False):
+    """Three Adam optimizers (generator, discriminator, segmentator) from config ``optimizer``."""
+    def make(name):
+        optimizer = keras.optimizers.Adam(learning_rate=optimizer_config.learning_rate,
+                                          beta_1=optimizer_config.beta_1,
+                                          beta_2=optimizer_config.beta_2, name=name)
+        if mixed_precision:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer, name=f"{name}_scaled")
+        return optimizer
+    return make("g_adam"), make("d_adam"), make("s_adam")

@@ -1,0 +1,38 @@
+"""grdnet_tf: GRD-Net anomaly detection in TensorFlow 2.21 / Keras 3."""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    # TensorFlow 2.21 brings Keras 3; tensorboard is no longer pulled in by TF.
+    "tensorflow==2.21.0",
+    "keras==3.15.1",
+    "tensorboard==2.21.0",
+    "numpy==2.4.6",
+    "opencv-python-headless==5.0.0.93",
+    "scikit-learn==1.9.1",
+    "absl-py==2.5.1",
+    "ml-collections==1.1.0",
+    "matplotlib==3.11.2",
+    # NOT tensorflow-addons: end-of-life and broken on Keras 3 (see README).
+]
+
+setup(
+    name="grdnet_tf",
+    version="0.1.0",
+    description="GRD-Net (Generative-Reconstructive-Discriminative anomaly detection "
+                "with ROI attention) for TensorFlow 2.21 / Keras 3",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["grdnet_tf", "grdnet_tf.*"]),
+    python_requires=">=3.10,<3.14",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0"]},
+    entry_points={
+        "console_scripts": [
+            "grdnet-train=grdnet_tf.bin.train:run",
+            "grdnet-eval=grdnet_tf.bin.evaluate:run",
+            "grdnet-predict=grdnet_tf.bin.predict:run",
+            "grdnet-export=grdnet_tf.bin.export:run",
+            "grdnet-demo-data=grdnet_tf.bin.make_demo_data:run",
+        ]
+    },
+)

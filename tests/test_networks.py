@@ -1,0 +1,165 @@
+"""Issue 2: the three GRD-Net networks (shapes, dtypes, params, serialization, gradients)."""
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+from grdnet_tf.config import base_config, freeze
+from grdnet_tf.models.networks import (Discriminator, Generator, Segmentator,
+                                       build_networks)
+
+SMALL = dict(base_width=4, max_width=16)
+
+
+def _images(shape, seed=0):
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+@pytest.mark.parametrize("height,width", [(64, 64), (128, 96), (256, 256)])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_generator_shapes_and_dtypes(height, width, channels):
+    gen = Generator(channels=channels, stages=3, latent_channels=5, **SMALL)
+    x = _images((2, height, width, channels))
+    x_hat, z, z_hat = gen(x)
+    assert x_hat.shape == (2, height, width, channels)
+    assert z.shape == z_hat.shape == (2, height // 8, width // 8, 5)
+    assert x_hat.dtype == z.dtype == z_hat.dtype == tf.float32
+    assert 0.0 <= float(tf.reduce_min(x_hat)) and float(tf.reduce_max(x_hat)) <= 1.0
+    recon, z2 = gen.reconstruct(x)
+    np.testing.assert_allclose(recon, x_hat, atol=1e-6)
+    np.testing.assert_allclose(z2, z, atol=1e-6)
+
+
+def test_dense_bottleneck_shapes():
+    gen = Generator(channels=3, stages=2, bottleneck="dense", latent_dim=7,
+                    image_size=(32, 48), **SMALL)
+    x_hat, z, z_hat = gen(_images((2, 32, 48, 3)))
+    assert x_hat.shape == (2, 32, 48, 3) and z.shape == z_hat.shape == (2, 7)
+    with pytest.raises(ValueError, match="image_size"):
+        gen(_images((2, 32, 32, 3)))
+
+
+@pytest.mark.parametrize("height,width", [(64, 64), (128, 96)])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_discriminator_and_segmentator_shapes(height, width, channels):
+    disc = Discriminator(channels=channels, stages=3, **SMALL)
+    features, logit = disc(_images((2, height, width, channels)))
+    assert features.shape == (2, height // 8, width // 8, 16) and logit.shape == (2, 1)
+    assert features.dtype == logit.dtype == tf.float32
+    seg = Segmentator(channels=channels, base_width=4, depth=3)
+    anomaly_map = seg(_images((2, height, width, 2 * channels)))
+    assert anomaly_map.shape == (2, height, width, 1) and anomaly_map.dtype == tf.float32
+    assert 0.0 <= float(tf.reduce_min(anomaly_map)) <= float(tf.reduce_max(anomaly_map)) <= 1.0
+
+
+def test_discriminator_accepts_any_generator_size():
+    disc = Discriminator(channels=3, stages=2, **SMALL)
+    assert disc(_images((1, 32, 32, 3)))[1].shape == (1, 1)
+    assert disc(_images((1, 64, 48, 3)))[1].shape == (1, 1)
+
+
+def test_paper_parameter_counts():
+    """Pinned: an accidental architecture change must fail here (numbers in the README)."""
+    config = freeze(base_config())
+    generator, discriminator, segmentator = build_networks(config)
+    x = tf.zeros((1, 256, 256, 3))
+    generator(x), discriminator(x), segmentator(tf.zeros((1, 256, 256, 6)))
+    assert generator.count_params() == 6_940_195
+    assert discriminator.count_params() == 2_477_505
+    assert segmentator.count_params() == 8_305_761
+    # Bottleneck of the paper: 32 x 8 x 8 at 256 px.
+    assert generator(x)[1].shape == (1, 8, 8, 32)
+
+
+def test_paper_dense_bottleneck_parameter_count():
+    config = base_config()
+    config.model.bottleneck = "dense"
+    generator, _, _ = build_networks(freeze(config))
+    _, z, _ = generator(tf.zeros((1, 256, 256, 3)))
+    assert z.shape == (1, 2048)
+    assert generator.count_params() == 107_533_539
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: Generator(channels=3, stages=2, **SMALL), (2, 32, 32, 3)),
+    (lambda: Generator(channels=1, stages=2, bottleneck="dense", latent_dim=8,
+                       image_size=(32, 32), norm="group", **SMALL), (2, 32, 32, 1)),
+    (lambda: Discriminator(channels=3, stages=2, norm="instance", **SMALL), (2, 32, 32, 3)),
+    (lambda: Segmentator(channels=3, base_width=4, depth=2, norm="none"), (2, 32, 32, 6)),
+])
+def test_serialization_round_trip_identical(tmp_path, make, shape):
+    model = make()
+    x = _images(shape)
+    model(x)  # build
+    # One training call so batch-norm statistics differ from their initial values.
+    model(x, training=True)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    expected, actual = model(x), loaded(x)
+    for a, b in zip(tf.nest.flatten(expected), tf.nest.flatten(actual)):
+        np.testing.assert_array_equal(a, b)
+    assert loaded.get_config() == model.get_config()
+
+
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_gradient_reaches_every_weight(norm):
+    gen = Generator(channels=3, stages=2, norm=norm, **SMALL)
+    disc = Discriminator(channels=3, stages=2, norm=norm, **SMALL)
+    seg = Segmentator(channels=3, base_width=4, depth=2, norm=norm)
+    x = tf.constant(_images((2, 32, 32, 3)))
+    with tf.GradientTape(persistent=True) as tape:
+        x_hat, z, z_hat = gen(x, training=True)
+        g_loss = tf.reduce_mean(tf.square(x_hat - x)) + tf.reduce_mean(tf.square(z - z_hat))
+        features, logit = disc(x, training=True)
+        d_loss = tf.reduce_mean(logit) + tf.reduce_mean(tf.square(features))
+        s_loss = tf.reduce_mean(seg(tf.concat([x, x_hat], -1), training=True))
+    for net, loss in ((gen, g_loss), (disc, d_loss), (seg, s_loss)):
+        grads = tape.gradient(loss, net.trainable_variables)
+        for var, grad in zip(net.trainable_variables, grads):
+            assert grad is not None, f"{net.name}: no gradient for {var.path}"
+            assert np.all(np.isfinite(grad)), f"{net.name}: non-finite gradient for {var.path}"
+            assert float(tf.reduce_max(tf.abs(grad))) > 0, f"{net.name}: zero gradient {var.path}"
+
+
+def test_mixed_float16_outputs_are_float32():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        gen = Generator(channels=3, stages=2, **SMALL)
+        disc = Discriminator(channels=3, stages=2, **SMALL)
+        seg = Segmentator(channels=3, base_width=4, depth=2)
+        x = _images((1, 32, 32, 3))
+        x_hat, z, z_hat = gen(x)
+        features, logit = disc(x)
+        anomaly_map = seg(np.concatenate([x, x], -1))
+        assert gen.encoder.stem.compute_dtype == "float16"
+        for t in (x_hat, z, z_hat, features, logit, anomaly_map):
+            assert t.dtype == tf.float32
+            assert np.all(np.isfinite(t))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: Generator(channels=2), r"channels=2 .*\(1, 3\)"),
+    (lambda: Generator(bottleneck="vae"), r"bottleneck='vae' .*\('conv', 'dense'\)"),
+    (lambda: Generator(norm="layer"), r"norm='layer' .*'batch'"),
+    (lambda: Generator(bottleneck="dense"), r"image_size"),
+    (lambda: Discriminator(channels=4), r"channels=4"),
+    (lambda: Segmentator(channels=0), r"channels=0"),
+    (lambda: Segmentator(depth=0), r"depth=0"),
+])
+def test_bad_constructor_arguments(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_size_not_divisible_names_the_argument():
+    gen = Generator(channels=3, stages=3, **SMALL)
+    with pytest.raises(ValueError, match=r"height=36 must be divisible by 2\*\*3=8"):
+        gen(_images((1, 36, 32, 3)))
+    seg = Segmentator(channels=3, base_width=4, depth=2)
+    with pytest.raises(ValueError, match=r"width=30 must be divisible by 2\*\*2=4"):
+        seg(_images((1, 32, 30, 6)))
+    with pytest.raises(ValueError, match=r"expects 3 input channels, got 1"):
+        gen(_images((1, 32, 32, 1)))
