@@ -276,3 +276,15 @@ def load_run_config(model_dir) -> ml_collections.FrozenConfigDict:
                                 f"grdnet_tf training run")
     with open(path, encoding="utf-8") as f:
         return from_dict(json.load(f))
+
+
+def load_config_file(path) -> ml_collections.FrozenConfigDict:
+    """`get_config()` of a config file (configs/NAME.py), validated and frozen."""
+    import importlib.util
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    spec = importlib.util.spec_from_file_location(
+        f"grdnet_config_{os.path.splitext(os.path.basename(path))[0]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return freeze(module.get_config())

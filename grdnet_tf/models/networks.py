@@ -18,6 +18,21 @@ from grdnet_tf.models.blocks import (ACTIVATIONS, NORMS, PreActResidualBlock,
 BOTTLENECKS = ("conv", "dense", "none")
 
 
+def track_layer(owner, layer):
+    """Holds `layer` as the attribute `owner.<layer.name>` and records its order.
+
+    Layers in Python lists end up in a Keras `TrackedList`, which TensorFlow's object graph
+    does not see: `tf.train.Checkpoint` would silently skip their variables (batch-norm
+    statistics would never be saved). Named attributes are seen by both Keras and TF.
+    """
+    setattr(owner, layer.name, layer)
+    owner.block_names.append(layer.name)
+
+
+def tracked_layers(owner):
+    return [getattr(owner, name) for name in owner.block_names]
+
+
 @keras.saving.register_keras_serializable(package="grdnet_tf")
 class ResidualEncoder(layers.Layer):
     """Stem conv3x3, then `stages` stages that halve the resolution, then norm + act.
@@ -55,10 +70,10 @@ class ResidualEncoder(layers.Layer):
         self.latent_dim = latent_dim
 
         self.stem = layers.Conv2D(base_width, 3, padding="same", name="stem")
-        self.blocks = []
+        self.block_names = []
         for i, width in enumerate(stage_widths(base_width, stages, max_width)):
             for j in range(blocks_per_stage):
-                self.blocks.append(PreActResidualBlock(
+                track_layer(self, PreActResidualBlock(
                     width, resample="down" if j == 0 else "none", norm=norm,
                     activation=activation, name=f"stage{i}_block{j}"))
         last = stage_widths(base_width, stages, max_width)[-1]
@@ -75,7 +90,7 @@ class ResidualEncoder(layers.Layer):
     def call(self, x, training=None):
         check_divisible(x.shape[1], x.shape[2], self.stages, self.name)
         h = self.stem(x)
-        for block in self.blocks:
+        for block in tracked_layers(self):
             h = block(h, training=training)
         h = self.out_act(self.out_norm(h, training=training))
         if self.bottleneck == "dense":
@@ -127,11 +142,11 @@ class ResidualDecoder(layers.Layer):
             self.reshape = layers.Reshape((bh, bw, widths[-1]), name="reshape")
         else:
             self.project = layers.Conv2D(widths[-1], 3, padding="same", name="project")
-        self.blocks = []
+        self.block_names = []
         for i in reversed(range(stages)):
             width = widths[i - 1] if i > 0 else base_width
             for j in range(blocks_per_stage):
-                self.blocks.append(PreActResidualBlock(
+                track_layer(self, PreActResidualBlock(
                     width, resample="up" if j == 0 else "none", norm=norm,
                     name=f"stage{i}_block{j}"))
         self.out_norm = make_norm(norm, base_width, "out_norm")
@@ -143,7 +158,7 @@ class ResidualDecoder(layers.Layer):
         h = self.project(z)
         if self.bottleneck == "dense":
             h = self.reshape(h)
-        for block in self.blocks:
+        for block in tracked_layers(self):
             h = block(h, training=training)
         h = self.out_conv(self.out_act(self.out_norm(h, training=training)))
         return self.out_sigmoid(h)
@@ -320,14 +335,15 @@ class Segmentator(keras.Model):
         self.norm = norm
         widths = [min(base_width * 2 ** i, max_width) for i in range(depth + 1)]
         self.stem = layers.Conv2D(base_width, 3, padding="same", name="stem")
-        self.down = [PreActResidualBlock(widths[0], norm=norm, name="enc0")]
+        self.block_names = []
+        track_layer(self, PreActResidualBlock(widths[0], norm=norm, name="enc0"))
         for i in range(1, depth + 1):
-            self.down.append(PreActResidualBlock(widths[i], resample="down", norm=norm,
-                                                 name=f"enc{i}"))
+            track_layer(self, PreActResidualBlock(widths[i], resample="down", norm=norm,
+                                                  name=f"enc{i}"))
         self.upsample = layers.UpSampling2D(2, interpolation="nearest", name="upsample")
         self.concat = layers.Concatenate(axis=-1, name="concat")
-        self.up = [PreActResidualBlock(widths[i], norm=norm, name=f"dec{i}")
-                   for i in reversed(range(depth))]
+        for i in reversed(range(depth)):
+            track_layer(self, PreActResidualBlock(widths[i], norm=norm, name=f"dec{i}"))
         self.out_norm = make_norm(norm, widths[0], "out_norm")
         self.out_act = make_activation("relu", "out_act")
         self.out_conv = layers.Conv2D(1, 1, name="out_conv")
@@ -339,11 +355,13 @@ class Segmentator(keras.Model):
                              f"channel images ({2 * self.channels} channels), got {x.shape[-1]}")
         check_divisible(x.shape[1], x.shape[2], self.depth, self.name)
         h = self.stem(x)
+        blocks = tracked_layers(self)
+        down, up = blocks[:self.depth + 1], blocks[self.depth + 1:]
         skips = []
-        for block in self.down:
+        for block in down:
             h = block(h, training=training)
             skips.append(h)
-        for block, skip in zip(self.up, reversed(skips[:-1])):
+        for block, skip in zip(up, reversed(skips[:-1])):
             h = block(self.concat([self.upsample(h), skip]), training=training)
         h = self.out_conv(self.out_act(self.out_norm(h, training=training)))
         return self.out_sigmoid(h)

@@ -1,0 +1,46 @@
+"""grdnet-predict: score images with a trained run; CSV (path, score, is_anomalous) + heatmaps.
+
+  grdnet-predict --model_dir=RUN --input='photos/*.png' --output_dir=OUT
+"""
+from absl import app, flags, logging
+
+from grdnet_tf.bin import common
+
+common.quiet_tensorflow()
+
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training run directory.")
+_INPUT = flags.DEFINE_string("input", None, "An image, a folder (recursive) or a glob.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where predictions.csv and heatmaps/ go.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best, latest or a checkpoint path.")
+_THRESHOLD = flags.DEFINE_float("threshold", None, "Overrides the calibrated threshold.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images per scoring batch.")
+_HEATMAPS = flags.DEFINE_bool("heatmaps", True, "Write a heatmap overlay per image.")
+_SKIP_BAD = flags.DEFINE_bool("skip_bad_files", False, "Skip unreadable images (warn) "
+                              "instead of stopping.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        common.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    for flag in (_MODEL_DIR, _INPUT, _OUTPUT_DIR):
+        if not flag.value:
+            common.fail(f"--{flag.name} is required")
+    logging.set_verbosity(logging.INFO)
+    from grdnet_tf.evaluation import eval_lib
+    try:
+        result = eval_lib.predict(_MODEL_DIR.value, _INPUT.value, _OUTPUT_DIR.value,
+                                  checkpoint=_CHECKPOINT.value, threshold=_THRESHOLD.value,
+                                  batch_size=_BATCH_SIZE.value, overlays=_HEATMAPS.value,
+                                  skip_bad_files=_SKIP_BAD.value)
+    except (FileNotFoundError, ValueError) as e:
+        common.fail(str(e))
+    print(f"{result['count']} image(s) scored, {result['flagged']} anomalous; "
+          f"{result['predictions_csv']}")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

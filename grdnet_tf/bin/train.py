@@ -1,0 +1,52 @@
+"""grdnet-train: train (or resume) GRD-Net on an MVTec-style category folder.
+
+  grdnet-train --config=configs/cpu_small.py --model_dir=runs/tire \
+      --data_dir=../shared/data/mvtec3d_tire [--config.train.epochs=10 ...]
+
+Running the same command again resumes from the last checkpoint in --model_dir.
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from grdnet_tf.bin import common
+
+common.quiet_tensorflow()
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/NAME.py); override keys with --config.KEY=VALUE.",
+    lock_config=True)
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Run directory (checkpoints, logs).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "MVTec-style category folder.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        common.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _CONFIG.value is None:
+        common.fail("--config is required (e.g. --config=configs/cpu_small.py)")
+    if not _MODEL_DIR.value:
+        common.fail("--model_dir is required")
+    if not _DATA_DIR.value:
+        common.fail("--data_dir is required (an MVTec-style category folder)")
+    from grdnet_tf import config as config_lib
+    from grdnet_tf.training import train_lib
+    try:
+        config_lib.validate(_CONFIG.value)
+    except ValueError as e:
+        common.fail(str(e))
+    logging.set_verbosity(logging.INFO)
+    try:
+        summary = train_lib.train(_CONFIG.value, _DATA_DIR.value, _MODEL_DIR.value)
+    except (FileNotFoundError, ValueError) as e:
+        common.fail(str(e))
+    print(f"trained {summary['epochs']} epochs ({summary['steps']} steps); "
+          f"checkpoints: {summary['checkpoint']}; TensorBoard: tensorboard --logdir "
+          f"{summary['logs_dir']}; threshold: {summary['threshold']}")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

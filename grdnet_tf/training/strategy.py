@@ -1,0 +1,53 @@
+"""Distribution strategies for `train.strategy` and who is the chief."""
+import json
+import os
+
+import tensorflow as tf
+from absl import logging
+
+STRATEGIES = ("auto", "mirrored", "multi_worker", "default")
+
+
+def make_strategy(name):
+    """auto: MirroredStrategy over all GPUs when there is more than one, else the default.
+    mirrored: MirroredStrategy over all local devices (GPUs, or the CPU).
+    multi_worker: MultiWorkerMirroredStrategy configured by the TF_CONFIG variable.
+    default: the default (single-device) strategy.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy={name!r} is not allowed; choose one of {STRATEGIES}")
+    if name == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ValueError("strategy='multi_worker' needs the TF_CONFIG environment variable "
+                             "(cluster and task of this worker)")
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    elif name == "mirrored" or (name == "auto" and len(tf.config.list_logical_devices("GPU")) > 1):
+        strategy = tf.distribute.MirroredStrategy()
+    else:
+        strategy = tf.distribute.get_strategy()
+    logging.info("strategy %s with %d replica(s)", type(strategy).__name__,
+                 strategy.num_replicas_in_sync)
+    return strategy
+
+
+def task_info(strategy):
+    """(task_type, task_id) of this process; (None, 0) without a cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+        task = tf_config.get("task", {})
+        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or not task:
+            return None, 0
+        return task.get("type"), int(task.get("index", 0))
+    return resolver.task_type, int(resolver.task_id or 0)
+
+
+def is_chief(strategy):
+    """Only the chief writes checkpoints that count, summaries, configs and exports."""
+    task_type, task_id = task_info(strategy)
+    if task_type is None or task_type == "chief":
+        return True
+    if task_type == "worker" and task_id == 0:
+        cluster = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("cluster", {})
+        return "chief" not in cluster
+    return False

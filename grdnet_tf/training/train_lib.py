@@ -1,0 +1,347 @@
+"""GRD-Net training: one loop, read top to bottom, for every distribution strategy.
+
+`train(config, data_dir, model_dir)`:
+  1. resolve the strategy; build GRDNet, its three optimizers and the train state inside the
+     strategy scope; restore the latest checkpoint of `model_dir` when there is one (resume);
+  2. index and decode the data (train / validation split, ROIs), build the tf.data streams;
+  3. per step: `strategy.run(model.train_step)` (discriminator, generator and segmentator
+     updates), reduced across replicas; a NaN/Inf loss stops the run before anything is saved;
+  4. every `checkpoint_every_steps` and at each epoch end: a checkpoint (networks, optimizers,
+     epoch, step, plateau state), so a killed run loses at most the work since then;
+  5. per epoch: validation loss (fixed-seed synthetic anomalies on held-out normals),
+     reduce-on-plateau over all three optimizers, the best checkpoint by validation loss;
+  6. at the end: the threshold is calibrated on the validation normals with the best weights.
+
+The loop is a small custom loop around `GRDNet.train_step` rather than `model.fit`, because
+`fit` cannot resume in the middle of an epoch and fails under MultiWorkerMirroredStrategy
+(Keras 3.15, see tf-notes); `GRDNet` still works with `model.fit` for users who want it.
+Only the chief writes checkpoints that count, summaries, the config and the calibration.
+"""
+import dataclasses
+import math
+import os
+import shutil
+import time
+
+import numpy as np
+import tensorflow as tf
+import keras
+from absl import logging
+
+from grdnet_tf import config as config_lib
+from grdnet_tf import keys, scoring
+from grdnet_tf.data import mvtec, pipeline
+from grdnet_tf.models.grdnet import GRDNet, LOSS_METRICS, make_optimizers
+from grdnet_tf.training import checkpoints as ckpt_lib
+from grdnet_tf.training import strategy as strategy_lib
+
+PREVIEW_IMAGES = 4
+
+
+@dataclasses.dataclass
+class TrainData:
+    """Indexed and decoded data of one category."""
+    train_samples: list
+    val_samples: list
+    train_cache: object
+    val_cache: object
+    texture_cache: object
+
+
+def load_train_data(config, data_dir):
+    if not data_dir:
+        raise ValueError("--data_dir is required (an MVTec-style category folder)")
+    train_samples, val_samples = mvtec.index_train(
+        data_dir, roi_dir=config.data.roi_dir, val_fraction=config.data.val_fraction,
+        seed=config.seed)
+    size, channels, skip = (tuple(config.data.image_size), config.data.channels,
+                            config.data.skip_bad_files)
+    train_cache = pipeline.load_cache(train_samples, size, channels, skip)
+    val_cache = pipeline.load_cache(val_samples, size, channels, skip)
+    if len(train_cache) < config.train.batch_size:
+        raise ValueError(f"{data_dir}: {len(train_cache)} training images, fewer than "
+                         f"train.batch_size={config.train.batch_size}")
+    return TrainData(train_samples, val_samples, train_cache, val_cache,
+                     pipeline.load_textures(config))
+
+
+def _set_learning_rates(model, config, scale):
+    lr = max(config.optimizer.learning_rate * float(scale),
+             config.optimizer.min_learning_rate)
+    for optimizer in model.optimizers.values():
+        optimizer.learning_rate = lr
+    return lr
+
+
+def _scalar_logs(logs):
+    return {name: float(value) for name, value in logs.items()}
+
+
+def _check_finite(logs, epoch, step, manager):
+    bad = [name for name, value in logs.items() if not math.isfinite(value)]
+    if bad:
+        raise FloatingPointError(
+            f"non-finite loss at epoch {epoch + 1}, step {step}: "
+            f"{', '.join(f'{n}={logs[n]}' for n in bad)}. Training stopped; the last good "
+            f"checkpoint ({manager.latest_checkpoint or 'none'}) is intact. Lower "
+            f"optimizer.learning_rate or check the data.")
+
+
+class Summaries:
+    """TensorBoard writers (no-op on non-chief workers)."""
+
+    def __init__(self, model_dir, chief):
+        if chief:
+            self.train = tf.summary.create_file_writer(os.path.join(model_dir, "logs", "train"))
+            self.validation = tf.summary.create_file_writer(
+                os.path.join(model_dir, "logs", "validation"))
+        else:
+            self.train = self.validation = tf.summary.create_noop_writer()
+
+    @staticmethod
+    def scalars(writer, logs, step):
+        with writer.as_default(step=step):
+            for name, value in logs.items():
+                if name.endswith("_loss"):
+                    tag = f"losses/{name[:-len('_loss')]}"
+                elif name.endswith("_grad_norm"):
+                    tag = f"grad_norm/{name[:-len('_grad_norm')]}"
+                else:
+                    tag = name
+                tf.summary.scalar(tag, value)
+        writer.flush()
+
+    def images(self, model, batch, step):
+        """X, X_n, M, ROI, X̂ and the anomaly map of a fixed preview batch."""
+        outputs = model(batch[keys.PERTURBED], training=False)
+        with self.train.as_default(step=step):
+            for name, tensor in ((keys.IMAGE, batch[keys.IMAGE]),
+                                 (keys.PERTURBED, batch[keys.PERTURBED]),
+                                 (keys.MASK, batch[keys.MASK]), (keys.ROI, batch[keys.ROI]),
+                                 (keys.RECONSTRUCTION, outputs[keys.RECONSTRUCTION]),
+                                 (keys.ANOMALY_MAP, outputs[keys.ANOMALY_MAP][..., None])):
+                tf.summary.image(f"images/{name}", tensor, max_outputs=PREVIEW_IMAGES)
+        self.train.flush()
+
+
+def _checkpoint_manager(checkpoint, model_dir, sub, chief, max_to_keep, task_id):
+    """Non-chief workers must save too (collectives); they write to a scratch folder."""
+    directory = os.path.join(model_dir, sub) if chief else os.path.join(
+        model_dir, f".worker{task_id}-{sub}")
+    return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep)
+
+
+def _save(manager, step, chief):
+    path = manager.save(checkpoint_number=step)
+    if not chief:
+        shutil.rmtree(manager.directory, ignore_errors=True)
+    return path
+
+
+def _progress_line(epoch, epochs, step, step_in_epoch, steps_per_epoch, ips, logs):
+    short = {"total_loss": "total", "generator_loss": "gen", "adversarial_loss": "adv",
+             "contextual_loss": "con", "encoder_loss": "enc", "discriminator_loss": "disc",
+             "segmentator_loss": "seg"}
+    parts = " ".join(f"{label}={logs[name]:.4f}" for name, label in short.items()
+                     if name in logs)
+    return (f"epoch {epoch + 1}/{epochs} step {step} ({step_in_epoch}/{steps_per_epoch}) "
+            f"{ips:.1f} img/s {parts}")
+
+
+def calibrate(model, config, val_cache, batch_size=16):
+    """Scores of the clean validation normals and the threshold (config scoring section)."""
+    if len(val_cache) == 0:
+        raise ValueError("cannot calibrate a threshold: the validation split is empty")
+    scores = []
+    for start in range(0, len(val_cache), batch_size):
+        images = tf.cast(val_cache.images[start:start + batch_size], tf.float32) / 255.0
+        out = scoring.score_model_inputs(model, images, config.scoring.smoothing_kernel)
+        scores.extend(out[keys.ANOMALY_SCORE].numpy().tolist())
+    threshold = scoring.calibrate_threshold(scores, config.scoring.threshold_quantile)
+    return {"threshold": threshold, "quantile": config.scoring.threshold_quantile,
+            "num_images": len(scores), "scores": scores,
+            "score_mean": float(np.mean(scores)), "score_max": float(np.max(scores))}
+
+
+def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
+    """Trains (or resumes) a GRD-Net run in `model_dir`; returns a summary dict."""
+    config_lib.validate(config)
+    if not model_dir:
+        raise ValueError("--model_dir is required")
+    if config.train.deterministic:
+        keras.utils.set_random_seed(config.seed)
+        tf.config.experimental.enable_op_determinism()
+    else:
+        keras.utils.set_random_seed(config.seed)
+    keras.mixed_precision.set_global_policy(
+        "mixed_float16" if config.train.mixed_precision else "float32")
+    strategy = strategy or strategy_lib.make_strategy(config.train.strategy)
+    chief = strategy_lib.is_chief(strategy)
+    _, task_id = strategy_lib.task_info(strategy)
+
+    data = load_train_data(config, data_dir)
+    height, width = config.data.image_size
+    global_batch = int(config.train.batch_size)
+    if global_batch % strategy.num_replicas_in_sync:
+        raise ValueError(f"train.batch_size={global_batch} must be divisible by the "
+                         f"{strategy.num_replicas_in_sync} replicas")
+    steps_per_epoch = int(config.train.steps_per_epoch) or max(
+        1, len(data.train_cache) // global_batch)
+
+    with strategy.scope():
+        model = GRDNet.from_config_dict(config)
+        model.build_networks((height, width, config.data.channels))
+        model.compile(*make_optimizers(config.optimizer, config.train.mixed_precision))
+        state = ckpt_lib.TrainState()
+        checkpoint = ckpt_lib.training_checkpoint(model, state)
+    manager = _checkpoint_manager(checkpoint, model_dir, ckpt_lib.CHECKPOINT_DIR, chief,
+                                  config.train.keep_checkpoints, task_id)
+    best_manager = _checkpoint_manager(checkpoint, model_dir, ckpt_lib.BEST_DIR, chief, 1,
+                                       task_id)
+    resumed_from = None
+    if chief:
+        latest = manager.latest_checkpoint
+    else:  # non-chief workers resume from the chief's checkpoints (shared file system)
+        latest = tf.train.latest_checkpoint(os.path.join(model_dir, ckpt_lib.CHECKPOINT_DIR))
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        resumed_from = latest
+        log_fn(f"resuming from {latest} (epoch {int(state.epoch) + 1}, step {int(state.step)})")
+    learning_rate = _set_learning_rates(model, config, state.learning_rate_scale.numpy())
+    if chief:
+        config_lib.write_run_config(config, model_dir)
+    history_path = os.path.join(model_dir, ckpt_lib.HISTORY_JSON)
+    history = (ckpt_lib.read_json(history_path) or []) if chief else []
+    history = [h for h in history if h["epoch"] <= int(state.epoch)]
+
+    train_ds = pipeline.train_dataset(config, data.train_cache, global_batch,
+                                      start_step=int(state.step),
+                                      texture_cache=data.texture_cache)
+    iterator = iter(strategy.experimental_distribute_dataset(train_ds))
+    val_ds = pipeline.validation_dataset(config, data.val_cache, global_batch,
+                                         texture_cache=data.texture_cache)
+    preview = {k: v[:PREVIEW_IMAGES] for k, v in next(iter(pipeline.train_dataset(
+        config, data.train_cache, global_batch, texture_cache=data.texture_cache))).items()}
+    summaries = Summaries(model_dir, chief)
+
+    def replica_step(batch):
+        return model.train_step(batch)
+
+    @tf.function(jit_compile=config.train.jit_compile or None)
+    def compiled_replica_step(batch):
+        return replica_step(batch)
+
+    @tf.function
+    def distributed_step(batch):
+        per_replica = strategy.run(compiled_replica_step if config.train.jit_compile
+                                   else replica_step, args=(batch,))
+        return {name: strategy.reduce("MEAN", value, axis=None)
+                for name, value in per_replica.items()}
+
+    @tf.function
+    def validation_step(batch):
+        return model.test_step(batch)
+
+    epochs = int(config.train.epochs)
+    log_fn(f"training {len(data.train_cache)} images ({len(data.val_cache)} validation), "
+           f"{steps_per_epoch} steps/epoch x {epochs} epochs, global batch {global_batch}, "
+           f"model_dir {model_dir}")
+    last_logs = {}
+    while int(state.epoch) < epochs:
+        epoch = int(state.epoch)
+        model.reset_metrics()
+        window_start, window_images = time.perf_counter(), 0
+        while int(state.step_in_epoch) < steps_per_epoch:
+            logs = _scalar_logs(distributed_step(next(iterator)))
+            step = int(state.step) + 1
+            _check_finite(logs, epoch, step, manager)
+            state.step.assign(step)
+            state.step_in_epoch.assign_add(1)
+            window_images += global_batch
+            last_logs = logs
+            if step % config.train.log_every_steps == 0:
+                ips = window_images / max(time.perf_counter() - window_start, 1e-9)
+                window_start, window_images = time.perf_counter(), 0
+                rates = {f"learning_rate/{n}": learning_rate for n in model.optimizers}
+                Summaries.scalars(summaries.train, {**logs, **rates,
+                                                    "speed/images_per_second": ips}, step)
+                log_fn(_progress_line(epoch, epochs, step, int(state.step_in_epoch),
+                                      steps_per_epoch, ips, logs))
+            if chief and step % config.train.image_every_steps == 0:
+                summaries.images(model, preview, step)
+            if (step % config.train.checkpoint_every_steps == 0
+                    and int(state.step_in_epoch) < steps_per_epoch):
+                _save(manager, step, chief)
+
+        # End of epoch: validation, plateau, best checkpoint, history.
+        state.epoch.assign(epoch + 1)
+        state.step_in_epoch.assign(0)
+        model.reset_metrics()
+        val_logs = {}
+        for batch in val_ds:
+            val_logs = validation_step(batch)
+        val_logs = _scalar_logs(val_logs)
+        val_loss = val_logs.get("total_loss", float("nan"))
+        if val_logs:
+            Summaries.scalars(summaries.validation, val_logs, int(state.step))
+            if not math.isfinite(val_loss):
+                raise FloatingPointError(f"non-finite validation loss at epoch {epoch + 1}")
+        if val_logs and val_loss < float(state.plateau_best):
+            state.plateau_best.assign(val_loss)
+            state.plateau_wait.assign(0)
+        elif val_logs:
+            state.plateau_wait.assign_add(1)
+            if int(state.plateau_wait) >= config.optimizer.plateau_patience:
+                state.learning_rate_scale.assign(
+                    float(state.learning_rate_scale) * config.optimizer.plateau_factor)
+                state.plateau_wait.assign(0)
+                learning_rate = _set_learning_rates(model, config,
+                                                    state.learning_rate_scale.numpy())
+                log_fn(f"validation loss has not improved for "
+                       f"{config.optimizer.plateau_patience} epochs: learning rate -> "
+                       f"{learning_rate:.3g}")
+        improved = bool(val_logs) and val_loss < float(state.best_val_loss)
+        if improved:
+            state.best_val_loss.assign(val_loss)
+        _save(manager, int(state.step), chief)
+        if improved or not val_logs:
+            _save(best_manager, int(state.step), chief)
+            if chief:
+                ckpt_lib.write_json(os.path.join(model_dir, ckpt_lib.BEST_DIR,
+                                                 ckpt_lib.BEST_JSON),
+                                    {"epoch": epoch + 1, "step": int(state.step),
+                                     "val_loss": val_loss if val_logs else None})
+        entry = {"epoch": epoch + 1, "step": int(state.step), "learning_rate": learning_rate,
+                 **{f"train_{k}": v for k, v in last_logs.items()},
+                 **{f"val_{k}": v for k, v in val_logs.items()}}
+        history.append(entry)
+        if chief:
+            ckpt_lib.write_json(history_path, history)
+        log_fn(f"epoch {epoch + 1}/{epochs} done: "
+               + " ".join(f"{k}={last_logs[k]:.4f}" for k in LOSS_METRICS if k in last_logs)
+               + (f" | val total_loss={val_loss:.4f}" if val_logs else "")
+               + (" (best)" if improved else ""))
+
+    # Threshold calibration with the best weights on the clean validation normals.
+    calibration = None
+    if len(data.val_cache):
+        best = best_manager.latest_checkpoint if chief else None
+        best = best or tf.train.latest_checkpoint(os.path.join(model_dir, ckpt_lib.BEST_DIR))
+        if best:
+            ckpt_lib.inference_checkpoint(model).restore(best).expect_partial()
+        calibration = calibrate(model, config, data.val_cache)
+        calibration["checkpoint"] = best
+        if chief:
+            ckpt_lib.write_json(os.path.join(model_dir, ckpt_lib.CALIBRATION_JSON), calibration)
+        log_fn(f"threshold {calibration['threshold']:.4f} = quantile "
+               f"{calibration['quantile']} of {calibration['num_images']} validation normals")
+    else:
+        logging.warning("no validation images: no threshold calibrated; pass --threshold to "
+                        "grdnet-eval/grdnet-export")
+    for writer in (summaries.train, summaries.validation):
+        writer.flush()
+    return {"model_dir": model_dir, "epochs": int(state.epoch), "steps": int(state.step),
+            "resumed_from": resumed_from, "best_val_loss": float(state.best_val_loss),
+            "threshold": None if calibration is None else calibration["threshold"],
+            "last_train_logs": last_logs, "checkpoint": manager.latest_checkpoint,
+            "logs_dir": os.path.join(model_dir, "logs"), "model": model}

@@ -1,0 +1,137 @@
+"""Issue 5: grdnet-eval / grdnet-predict library functions on a real tiny run."""
+import csv
+import json
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from grdnet_tf import keys, scoring
+from grdnet_tf.data import io
+from grdnet_tf.evaluation import eval_lib
+from grdnet_tf.training import checkpoints as ckpt_lib
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_run, demo_category, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("eval"))
+    return eval_lib.evaluate(tiny_run, demo_category, out, num_overlays=2), out
+
+
+def test_evaluate_writes_metrics_report_plots_and_overlays(evaluated):
+    result, out = evaluated
+    with open(os.path.join(out, "metrics.json")) as f:
+        saved = json.load(f)
+    for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "threshold",
+                "per_defect_image_auroc", "false_alarm_rate", "pixel_auroc_roi"):
+        assert key in saved, key
+    assert saved["num_images"] == 12
+    assert set(saved["per_defect_image_auroc"]) == {"spot", "scratch"}
+    assert 0.0 <= saved["image_auroc"] <= 1.0 and 0.0 <= saved["pixel_auroc"] <= 1.0
+    calibration = ckpt_lib.read_calibration(result["model_dir"])
+    assert saved["threshold"] == pytest.approx(calibration["threshold"])
+    assert set(saved["folders"]) == {"good", "good_outside_roi", "spot", "scratch"}
+    assert saved["folders"]["good_outside_roi"]["label"] == 0
+    for name in ("report.md", "roc.png", "histogram.png", "scores.csv"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    assert cv2.imread(os.path.join(out, "roc.png")) is not None
+    overlays = sorted(os.listdir(os.path.join(out, "overlays")))
+    assert len(overlays) == 4
+    assert sum(o.startswith("most_") for o in overlays) == 2
+    assert "image_auroc" in open(os.path.join(out, "report.md")).read()
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+def test_evaluated_scores_equal_the_scoring_module_on_native_images(evaluated, tiny_run):
+    """The evaluation path scores exactly what scoring.score_images (the export) scores."""
+    result, out = evaluated
+    with open(os.path.join(out, "scores.csv")) as f:
+        rows = list(csv.DictReader(f))
+    run = ckpt_lib.load_for_inference(tiny_run)
+    config = run.config
+    paths = [r["path"] for r in rows[:3]]
+    images = np.stack([io.read_image(p, None, 3) for p in paths])
+    expected = scoring.score_images(run.model, images, tuple(config.data.image_size),
+                                    config.data.channels, config.scoring.smoothing_kernel,
+                                    run.threshold)
+    np.testing.assert_allclose([float(r["score"]) for r in rows[:3]],
+                               expected[keys.ANOMALY_SCORE].numpy(), atol=1e-5)
+    assert expected[keys.ANOMALY_MAP].shape == images.shape[:3]
+
+
+def test_predict_streams_csv_and_heatmaps(tiny_run, demo_category, tmp_path):
+    folder = os.path.join(demo_category, "test", "spot")
+    result = eval_lib.predict(tiny_run, folder, str(tmp_path), batch_size=3)
+    with open(result["predictions_csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == eval_lib.expand_inputs(folder)
+    assert result["count"] == len(rows) == len(os.listdir(tmp_path / "heatmaps"))
+    heatmap = cv2.imread(str(tmp_path / "heatmaps" / os.listdir(tmp_path / "heatmaps")[0]))
+    assert heatmap.shape == (64, 64, 3)
+    # A threshold below every score flags everything; above every score flags nothing.
+    low = eval_lib.predict(tiny_run, os.path.join(folder, "*.png"), str(tmp_path / "low"),
+                           threshold=-1.0, overlays=False)
+    high = eval_lib.predict(tiny_run, rows[0]["path"], str(tmp_path / "high"), threshold=2.0,
+                            overlays=False)
+    assert low["flagged"] == low["count"] == len(rows)
+    assert high["count"] == 1 and high["flagged"] == 0
+
+
+def test_predict_bad_inputs(tiny_run, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        eval_lib.predict(tiny_run, str(tmp_path / "nothing*.png"), str(tmp_path / "o"))
+    bad = tmp_path / "imgs"
+    bad.mkdir()
+    (bad / "broken.png").write_bytes(b"not a png")
+    cv2.imwrite(str(bad / "ok.png"), np.full((40, 50, 3), 128, np.uint8))
+    with pytest.raises(io.ImageReadError, match="broken.png"):
+        eval_lib.predict(tiny_run, str(bad), str(tmp_path / "o2"))
+    assert not os.path.exists(tmp_path / "o2" / "predictions.csv")
+    skipped = eval_lib.predict(tiny_run, str(bad), str(tmp_path / "o3"), skip_bad_files=True)
+    assert skipped["count"] == 1
+
+
+def test_model_dir_without_checkpoint_is_a_clear_error(tmp_path, demo_category, tiny_run):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        eval_lib.evaluate(str(tmp_path / "missing"), demo_category, str(tmp_path / "o"))
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    shutil.copy(os.path.join(tiny_run, "config.json"), empty / "config.json")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        eval_lib.evaluate(str(empty), demo_category, str(tmp_path / "o"))
+
+
+def test_missing_ground_truth_and_one_class_test_split(tiny_run, demo_category, tmp_path):
+    category = tmp_path / "cat"
+    shutil.copytree(demo_category, category)
+    # A defect image without ground truth: warned and left out of the pixel metrics.
+    gt = category / "ground_truth" / "spot"
+    os.remove(gt / sorted(os.listdir(gt))[0])
+    result = eval_lib.evaluate(tiny_run, str(category), str(tmp_path / "o1"), num_overlays=1)
+    assert any("without ground truth" in note for note in result["notes"])
+    assert result["pixel_auroc"] is not None
+    # Only good images: AUROC undefined with a message, no crash.
+    for folder in ("spot", "scratch"):
+        shutil.rmtree(category / "test" / folder)
+        shutil.rmtree(category / "ground_truth" / folder, ignore_errors=True)
+    result = eval_lib.evaluate(tiny_run, str(category), str(tmp_path / "o2"), num_overlays=1)
+    assert result["image_auroc"] is None
+    assert any("only one class" in note for note in result["notes"])
+    assert result["false_alarm_rate"] is not None
+
+
+def test_hard_roi_masking_silences_outside(tiny_run, demo_category, tmp_path):
+    """With use_roi, a sample's map is zero outside its test ROI."""
+    run = ckpt_lib.load_for_inference(tiny_run)
+    scorer = eval_lib.Scorer(run, use_roi=True)
+    from grdnet_tf.data import mvtec
+    sample = [s for s in mvtec.index_test(demo_category) if s.roi_path][0]
+    scored = next(eval_lib.iter_scored(scorer, [sample]))
+    roi = io.read_mask(sample.roi_path, scorer.image_size)
+    kernel = run.config.scoring.smoothing_kernel
+    # Smoothing spreads the masked map by kernel // 2 pixels at most.
+    dilated = cv2.dilate(roi, np.ones((kernel, kernel), np.uint8))
+    assert np.all(scored.anomaly_map[dilated == 0] == 0.0)
