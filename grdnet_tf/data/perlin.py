@@ -1,14 +1,17 @@
 """2-D Perlin noise in TensorFlow ops with stateless random numbers.
 
 Works eagerly, inside ``tf.function`` and inside ``tf.data`` (the grid size may be a tensor).
-All randomness comes from ``tf.random.stateless_*`` with the Philox algorithm, so a seed
-gives the same noise on every run and device.
+All randomness comes from ``tf.random.stateless_*``: a seed gives the same noise on every
+run. The RNG algorithm is "auto_select" (Philox on CPU and GPU; a tenth of the graph ops of
+an explicit "philox", which matters for the tracing time of the ``tf.data`` function);
+``tf.data`` functions always run on the host CPU, so the training stream is the same on
+every machine.
 """
 import math
 
 import tensorflow as tf
 
-ALG = "philox"  # fixed, not "auto_select": the same numbers on every device
+ALG = "auto_select"
 
 # Sub-seed tags (folded into the caller's seed).
 _GRADIENTS, _SCALE_Y, _SCALE_X = 1, 2, 3
@@ -28,8 +31,8 @@ def _fade(t):
     return t * t * t * (t * (t * 6.0 - 15.0) + 10.0)
 
 
-def perlin_noise(height, width, cells_y, cells_x, seed):
-    """Perlin noise ``float32 [height, width]`` scaled to about [-1, 1].
+def perlin_noise(height, width, cells_y, cells_x, seed, batch=None):
+    """Perlin noise ``float32 [height, width]`` (or ``[batch, height, width]``), about [-1, 1].
 
     A grid of ``cells_y x cells_x`` cells covers the image; random unit gradients sit on the
     ``(cells_y + 1) x (cells_x + 1)`` lattice points; pixel centres are interpolated with the
@@ -40,31 +43,32 @@ def perlin_noise(height, width, cells_y, cells_x, seed):
       height, width: python ints, output size.
       cells_y, cells_x: int32 scalars (python or tensors) >= 1, grid cells per axis.
       seed: stateless seed, int ``[2]``.
+      batch: None for one field, or the number of independent fields on the same grid.
     """
     cells_y = tf.cast(cells_y, tf.int32)
     cells_x = tf.cast(cells_x, tf.int32)
-    angles = uniform(tf.stack([cells_y + 1, cells_x + 1]), fold(seed, _GRADIENTS),
+    n = 1 if batch is None else int(batch)
+    angles = uniform(tf.stack([n, cells_y + 1, cells_x + 1]), fold(seed, _GRADIENTS),
                      maxval=2.0 * math.pi)
-    grad_x, grad_y = tf.cos(angles), tf.sin(angles)
+    gradients = tf.stack([tf.cos(angles), tf.sin(angles)], axis=-1)  # [n, gy, gx, 2]
 
     def coords(size, cells):
         pos = (tf.range(size, dtype=tf.float32) + 0.5) * tf.cast(cells, tf.float32) / size
         cell = tf.minimum(tf.cast(tf.floor(pos), tf.int32), cells - 1)
-        return cell, pos - tf.cast(cell, tf.float32)
+        return tf.stack([cell, cell + 1]), pos - tf.cast(cell, tf.float32)
 
-    iy, fy = coords(height, cells_y)
-    ix, fx = coords(width, cells_x)
-    fy, fx = fy[:, None], fx[None, :]
-
-    def corner(dy, dx):
-        gx = tf.gather(tf.gather(grad_x, iy + dy), ix + dx, axis=1)
-        gy = tf.gather(tf.gather(grad_y, iy + dy), ix + dx, axis=1)
-        return gx * (fx - float(dx)) + gy * (fy - float(dy))
-
-    ux, uy = _fade(fx), _fade(fy)
-    top = corner(0, 0) + ux * (corner(0, 1) - corner(0, 0))
-    bottom = corner(1, 0) + ux * (corner(1, 1) - corner(1, 0))
-    return math.sqrt(2.0) * (top + uy * (bottom - top))
+    rows, fy = coords(height, cells_y)  # [2, H], [H]
+    cols, fx = coords(width, cells_x)
+    corners = tf.gather(tf.gather(gradients, rows, axis=1), cols, axis=3)  # [n,2,H,2,W,2]
+    offsets = tf.constant([[0.0], [1.0]])
+    dy, dx = fy[None, :] - offsets, fx[None, :] - offsets  # [2, H], [2, W]
+    dots = (corners[..., 0] * dx[None, None, None, :, :]
+            + corners[..., 1] * dy[None, :, :, None, None])  # [n, 2(y), H, 2(x), W]
+    ux, uy = _fade(fx), _fade(fy)[:, None]
+    top = dots[:, 0, :, 0] + ux * (dots[:, 0, :, 1] - dots[:, 0, :, 0])
+    bottom = dots[:, 1, :, 0] + ux * (dots[:, 1, :, 1] - dots[:, 1, :, 0])
+    noise = math.sqrt(2.0) * (top + uy * (bottom - top))
+    return noise[0] if batch is None else noise
 
 
 def scale_range(size, min_log2, max_log2):
@@ -86,35 +90,8 @@ def random_scales(height, width, seed, min_log2, max_log2):
     return cells[0], cells[1]
 
 
-def random_perlin_noise(height, width, seed, min_log2, max_log2):
-    """Perlin noise ``[height, width]`` at a random scale 2**k per axis (see random_scales)."""
+def random_perlin_noise(height, width, seed, min_log2, max_log2, batch=None):
+    """Perlin noise ``[height, width]`` (or ``[batch, height, width]``, one shared scale) at
+    a random scale 2**k per axis (see random_scales)."""
     cells_y, cells_x = random_scales(height, width, seed, min_log2, max_log2)
-    return perlin_noise(height, width, cells_y, cells_x, seed)
-
-
-def rotation_transform(angle, height, width):
-    """The 8 projective-transform parameters of a rotation by ``angle`` (radians,
-    counter-clockwise) about the image centre, mapping output to input coordinates."""
-    cos, sin = tf.cos(angle), tf.sin(angle)
-    h, w = float(height - 1), float(width - 1)
-    x_offset = (w - (cos * w - sin * h)) / 2.0
-    y_offset = (h - (sin * w + cos * h)) / 2.0
-    zero = tf.zeros_like(cos)
-    return tf.stack([cos, -sin, x_offset, sin, cos, y_offset, zero, zero])
-
-
-def rotate(image, angle, interpolation="BILINEAR"):
-    """Rotates ``[H, W, C]`` about its centre by ``angle`` radians, REFLECT fill.
-
-    ``interpolation`` is "BILINEAR" (images) or "NEAREST" (masks: values stay binary).
-    """
-    height, width = image.shape[0], image.shape[1]
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None],
-        transforms=rotation_transform(tf.cast(angle, tf.float32), height, width)[None],
-        output_shape=tf.constant([height, width], tf.int32),
-        fill_value=tf.constant(0.0, image.dtype),
-        interpolation=interpolation,
-        fill_mode="REFLECT")
-    return out[0]
-
+    return perlin_noise(height, width, cells_y, cells_x, seed, batch)

@@ -103,6 +103,12 @@ def load_cache(samples, image_size, channels, skip_bad_files=False) -> ImageCach
     return ImageCache(images=images, rois=rois, paths=[s.path for s, _ in kept])
 
 
+@dataclasses.dataclass(frozen=True)
+class _TextureSample:
+    path: str
+    roi_path: str = None
+
+
 def load_textures(config):
     """The external textures of ``synthesis.texture_dir`` (searched recursively), decoded at
     ``data.image_size`` with ``data.channels``; None when texture_dir is ""."""
@@ -120,12 +126,6 @@ def load_textures(config):
     samples = [_TextureSample(p) for p in paths]
     return load_cache(samples, config.data.image_size, config.data.channels,
                       config.data.skip_bad_files)
-
-
-@dataclasses.dataclass(frozen=True)
-class _TextureSample:
-    path: str
-    roi_path: str = None
 
 
 def _base_seed(config, stream):
@@ -218,6 +218,7 @@ def train_dataset(config, cache, global_batch_size, start_step=0, texture_cache=
     fn = synthesis_fn(config, cache, texture_cache, augment=True, stream=TRAIN_STREAM)
     num_images = len(cache)
 
+    @tf.autograph.experimental.do_not_convert  # control flow is explicit tf.cond/switch_case
     def example(element_index):
         return fn(element_index, shuffled_index(config, element_index, num_images))
 
@@ -243,6 +244,7 @@ def validation_dataset(config, cache, batch_size, texture_cache=None):
         texture_cache = load_textures(config)
     fn = synthesis_fn(config, cache, texture_cache, augment=False, stream=VALIDATION_STREAM)
     ds = tf.data.Dataset.range(len(cache))
-    ds = ds.map(lambda i: fn(i, i), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(tf.autograph.experimental.do_not_convert(lambda i: fn(i, i)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(int(batch_size), drop_remainder=False)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())

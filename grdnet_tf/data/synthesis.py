@@ -20,8 +20,8 @@ except that M is then exactly the set of changed pixels (no interpolation at its
 A Perlin field that never exceeds the threshold is rescaled to peak 1 (sign chosen by the
 larger extreme) before thresholding, so an anomalous sample never has an empty mask.
 
-All randomness is stateless (Philox) and derived from one per-example seed, so an example
-depends only on (config.seed, stream, element index).
+All randomness is stateless (see grdnet_tf.data.perlin) and derived from one per-example
+seed, so an example depends only on (config.seed, stream, element index).
 """
 import dataclasses
 import math
@@ -109,6 +109,33 @@ def _coin(seed, tag, prob=0.5):
     return perlin.uniform([], perlin.fold(seed, tag)) < prob
 
 
+def rotation_transform(angle, height, width):
+    """The 8 projective-transform parameters of a rotation by ``angle`` (radians,
+    counter-clockwise) about the image centre, mapping output to input coordinates."""
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    h, w = float(height - 1), float(width - 1)
+    x_offset = (w - (cos * w - sin * h)) / 2.0
+    y_offset = (h - (sin * w + cos * h)) / 2.0
+    zero = tf.zeros_like(cos)
+    return tf.stack([cos, -sin, x_offset, sin, cos, y_offset, zero, zero])
+
+
+def rotate(image, angle, interpolation="BILINEAR"):
+    """Rotates ``[H, W, C]`` about its centre by ``angle`` radians, REFLECT fill.
+
+    ``interpolation`` is "BILINEAR" (images) or "NEAREST" (masks: values stay binary).
+    """
+    height, width = image.shape[0], image.shape[1]
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None],
+        transforms=rotation_transform(tf.cast(angle, tf.float32), height, width)[None],
+        output_shape=tf.constant([height, width], tf.int32),
+        fill_value=tf.constant(0.0, image.dtype),
+        interpolation=interpolation,
+        fill_mode="REFLECT")
+    return out[0]
+
+
 def augment_geometry(image, roi, seed, params):
     """Joint rotation and flips of ``image [H, W, C]`` and ``roi [H, W, 1]`` (float32).
 
@@ -119,8 +146,8 @@ def augment_geometry(image, roi, seed, params):
     if params.rotation_deg > 0:
         limit = math.radians(params.rotation_deg)
         angle = perlin.uniform([], perlin.fold(seed, _ROTATE), -limit, limit)
-        image = tf.clip_by_value(perlin.rotate(image, angle, "BILINEAR"), 0.0, 1.0)
-        roi = perlin.rotate(roi, angle, "NEAREST")
+        image = tf.clip_by_value(rotate(image, angle, "BILINEAR"), 0.0, 1.0)
+        roi = rotate(roi, angle, "NEAREST")
     for enabled, tag, axis in ((params.flip_horizontal, _FLIP_H, 1),
                                (params.flip_vertical, _FLIP_V, 0)):
         if enabled:
@@ -137,7 +164,7 @@ def anomaly_mask(height, width, seed, params):
     if params.perlin_rotation_deg > 0:
         limit = math.radians(params.perlin_rotation_deg)
         angle = perlin.uniform([], perlin.fold(seed, _ROTATE), -limit, limit)
-        noise = perlin.rotate(noise, angle, "BILINEAR")
+        noise = rotate(noise, angle, "BILINEAR")
     high, low = tf.reduce_max(noise), -tf.reduce_min(noise)
     peak = tf.maximum(tf.maximum(high, low), 1e-6)
     rescaled = noise * tf.where(high >= low, 1.0, -1.0) / peak
@@ -174,16 +201,14 @@ def colour_texture(shape, seed, params):
 
 
 def perlin_texture(shape, seed, params):
-    """Perlin colour noise: one random-scale Perlin field per channel, min-max to [0, 1]."""
+    """Perlin colour noise: one Perlin field per channel (a shared random scale), each
+    min-max normalised to [0, 1]."""
     height, width, channels = shape
-    planes = []
-    for c in range(channels):
-        noise = perlin.random_perlin_noise(height, width, perlin.fold(seed, c),
-                                           params.perlin_min_scale_log2,
-                                           params.perlin_max_scale_log2)
-        low, high = tf.reduce_min(noise), tf.reduce_max(noise)
-        planes.append((noise - low) / tf.maximum(high - low, 1e-6))
-    return tf.stack(planes, axis=-1)
+    noise = perlin.random_perlin_noise(height, width, seed, params.perlin_min_scale_log2,
+                                       params.perlin_max_scale_log2, batch=channels)
+    low = tf.reduce_min(noise, axis=[1, 2], keepdims=True)
+    high = tf.reduce_max(noise, axis=[1, 2], keepdims=True)
+    return tf.transpose((noise - low) / tf.maximum(high - low, 1e-6), [1, 2, 0])
 
 
 def bank_texture(bank, seed, exclude=None):

@@ -1,0 +1,52 @@
+"""Shared test fixtures (keep small; no TensorFlow import here)."""
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+
+def _write_image(path, array):
+    """Writes ``array`` (uint8 [H, W] gray, [H, W, 3] RGB or [H, W, 4] RGBA) to ``path``;
+    the extension picks the format. Returns the path."""
+    path = str(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[2] == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    elif array.ndim == 3 and array.shape[2] == 4:
+        array = cv2.cvtColor(array, cv2.COLOR_RGBA2BGRA)
+    if not cv2.imwrite(path, array):
+        raise OSError(f"cannot write {path}")
+    return path
+
+
+@pytest.fixture
+def write_image():
+    """``write_image(path, array) -> path``: writes a test image with OpenCV (RGB order)."""
+    return _write_image
+
+
+@pytest.fixture(scope="session")
+def demo_category(tmp_path_factory):
+    """A small embedded demo dataset (64x64 PNGs, 12 train, 4 good, 4 defect, 4 good outside
+    the ROI), generated once per session; returns the category folder."""
+    from grdnet_tf.data import demo
+    return demo.make_demo_dataset(str(tmp_path_factory.mktemp("demo")), seed=0,
+                                  image_size=(64, 64), n_train=12, n_test_good=4,
+                                  n_test_defect=4, n_test_outside=4)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, demo_category):
+    """A real GRD-Net run of configs/tiny.py (2 epochs x 2 steps) on ``demo_category``,
+    trained once per session; returns the run directory."""
+    from grdnet_tf.config import load_config_file
+    from grdnet_tf.training import train_lib
+    config = load_config_file(os.path.join(REPO, "configs", "tiny.py"))
+    model_dir = str(tmp_path_factory.mktemp("tiny_run"))
+    train_lib.train(config, demo_category, model_dir)
+    return model_dir

@@ -1,0 +1,135 @@
+"""Synthetic anomalies and joint augmentation of one example (grdnet_tf.data.synthesis)."""
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from grdnet_tf.config import base_config
+from grdnet_tf.data import perlin, synthesis
+
+SIZE = 32
+RNG = np.random.default_rng(0)
+BANK = tf.constant(RNG.integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8))
+IMAGE = synthesis.to_float(BANK[0])
+
+
+def params(**overrides):
+    c = base_config()
+    c.synthesis.update(overrides)
+    return synthesis.SynthesisParams.from_config(c)
+
+
+def seed(i):
+    return perlin.fold(tf.constant([0, 0], tf.int64), i)
+
+
+def run(p, i=0, image=IMAGE, **banks):
+    return synthesis.synthesize(image, seed(i), p, **banks)
+
+
+def test_no_anomaly_is_exact():
+    perturbed, mask = run(params(anomaly_prob=0.0))
+    np.testing.assert_array_equal(perturbed.numpy(), IMAGE.numpy())
+    assert float(tf.reduce_max(mask)) == 0.0
+
+
+@pytest.mark.parametrize("source", synthesis.SOURCE_NAMES)
+def test_each_source_changes_only_masked_pixels(source):
+    weights = {f"texture_{n}_weight": float(n == source) for n in synthesis.SOURCE_NAMES}
+    p = params(anomaly_prob=1.0, **weights)
+    banks = {"self_bank": BANK, "self_index": 0, "external_bank": BANK[2:]}
+    for i in range(3):
+        perturbed, mask = run(p, i, **banks)
+        x, xn, m = IMAGE.numpy(), perturbed.numpy(), mask.numpy()
+        assert xn.shape == x.shape and m.shape == (SIZE, SIZE, 1)
+        assert set(np.unique(m)) == {0.0, 1.0}
+        assert 0.0 <= xn.min() and xn.max() <= 1.0
+        outside = np.broadcast_to(m == 0, x.shape)
+        np.testing.assert_array_equal(xn[outside], x[outside])  # bit for bit
+        changed = np.any(xn != x, axis=-1)
+        assert changed[m[..., 0] == 1].mean() > 0.5
+
+
+def test_unavailable_sources():
+    p = params(texture_colour_weight=0.0, texture_perlin_weight=0.0)
+    with pytest.raises(ValueError, match="weight 0"):
+        run(p)  # only self/external left, neither given
+    # External weight is ignored without textures; self needs a bank.
+    run(params(anomaly_prob=1.0, texture_colour_weight=0.0, texture_perlin_weight=0.0),
+        self_bank=BANK, self_index=1)
+
+
+def test_self_texture_is_another_image():
+    for i in range(8):
+        tex = synthesis.bank_texture(BANK, seed(i), exclude=tf.constant(1, tf.int64)).numpy()
+        own = synthesis.to_float(BANK[1]).numpy()
+        # A circular shift of image 1 would contain the same multiset of pixels.
+        assert not np.array_equal(np.sort(tex.ravel()), np.sort(own.ravel()))
+
+
+def test_deterministic_and_seed_dependent():
+    p = params(anomaly_prob=1.0)
+    a = run(p, 5, self_bank=BANK, self_index=0)
+    b = tf.function(lambda: run(p, 5, self_bank=BANK, self_index=0))()
+    c = run(p, 6, self_bank=BANK, self_index=0)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())
+    assert not np.array_equal(a[1].numpy(), c[1].numpy())
+
+
+def test_anomaly_frequency_and_area():
+    q = 0.5
+    p = params(anomaly_prob=q)
+
+    def fn(i):
+        return run(p, i, self_bank=BANK, self_index=0)[1]
+
+    masks = np.stack(list(tf.data.Dataset.range(200).map(fn).as_numpy_iterator()))
+    has = masks.reshape(200, -1).max(axis=1) > 0
+    assert abs(has.mean() - q) < 0.1  # binomial sd 0.035
+    area = masks[has].mean()
+    assert 0.01 < area < 0.25
+
+
+def test_grayscale_image():
+    gray = synthesis.to_float(BANK[:, :, :, :1])
+    for i in range(4):
+        perturbed, mask = run(params(anomaly_prob=1.0), i, image=gray[0],
+                              self_bank=BANK[:, :, :, :1], self_index=0)
+        assert perturbed.shape == (SIZE, SIZE, 1) and mask.shape == (SIZE, SIZE, 1)
+
+
+def test_rotate_matches_rot90_and_identity():
+    x = np.arange(25, dtype=np.float32).reshape(5, 5, 1)
+    r = synthesis.rotate(tf.constant(x), math.pi / 2, "NEAREST").numpy()
+    np.testing.assert_array_equal(r, np.rot90(x, 1))  # counter-clockwise about the centre
+    y = np.arange(35, dtype=np.float32).reshape(5, 7, 1)
+    np.testing.assert_array_equal(synthesis.rotate(tf.constant(y), 0.0).numpy(), y)
+
+
+def test_geometry_identity_and_joint_transform():
+    roi = tf.cast(tf.constant(RNG.integers(0, 2, (SIZE, SIZE, 1))), tf.float32)
+    x, r = synthesis.augment_geometry(IMAGE, roi, seed(0), params(rotation_deg=0.0))
+    np.testing.assert_array_equal(x.numpy(), IMAGE.numpy())
+    np.testing.assert_array_equal(r.numpy(), roi.numpy())
+    # An off-centre disk as image and as ROI must end up at the same place.
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    marker = tf.constant(((yy - 10) ** 2 + (xx - 12) ** 2 < 36)[:, :, None], tf.float32)
+    image = tf.concat([marker, marker, marker], axis=-1)
+    p = params(rotation_deg=90.0, flip_horizontal=True, flip_vertical=True)
+    moved = 0
+    for i in range(6):
+        x, r = synthesis.augment_geometry(image, marker, seed(i), p)
+        moved += not np.array_equal(r.numpy(), marker.numpy())
+        assert set(np.unique(r.numpy())) <= {0.0, 1.0}
+        # Bilinear vs nearest differ only at the disk border.
+        assert np.mean((x.numpy()[:, :, 0] > 0.5) != r.numpy()[:, :, 0]) < 0.02
+    assert moved >= 5
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="perlin_threshold"):
+        params(perlin_threshold=1.0)
+    with pytest.raises(ValueError, match="colour_field_min_cells"):
+        params(colour_field_min_cells=0)
