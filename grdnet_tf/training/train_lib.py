@@ -300,9 +300,10 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
                 log_fn(f"validation loss has not improved for "
                        f"{config.optimizer.plateau_patience} epochs: learning rate -> "
                        f"{learning_rate:.3g}")
-        improved = bool(val_logs) and val_loss < float(state.best_val_loss)
+        selection = val_logs.get(config.train.best_metric, float("nan"))
+        improved = bool(val_logs) and selection < float(state.best_val_loss)
         if improved:
-            state.best_val_loss.assign(val_loss)
+            state.best_val_loss.assign(selection)
         _save(manager, int(state.step), chief)
         if improved or not val_logs:
             _save(best_manager, int(state.step), chief)
@@ -310,7 +311,9 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
                 ckpt_lib.write_json(os.path.join(model_dir, ckpt_lib.BEST_DIR,
                                                  ckpt_lib.BEST_JSON),
                                     {"epoch": epoch + 1, "step": int(state.step),
-                                     "val_loss": val_loss if val_logs else None})
+                                     "metric": f"val_{config.train.best_metric}",
+                                     "value": selection if val_logs else None,
+                                     "val_total_loss": val_loss if val_logs else None})
         entry = {"epoch": epoch + 1, "step": int(state.step), "learning_rate": learning_rate,
                  **{f"train_{k}": v for k, v in last_logs.items()},
                  **{f"val_{k}": v for k, v in val_logs.items()}}
