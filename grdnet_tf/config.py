@@ -15,6 +15,7 @@ data
   val_fraction      held-out seeded fraction of train/good used for validation when the
                     category has no ``validation/good`` folder.
   skip_bad_files    skip unreadable images (counted and reported) instead of failing.
+  use_roi           False ignores every ROI file (whole-image ROIs), for ablations.
 synthesis (Perlin anomalies, method.md §1)
   anomaly_prob      q: probability that a training sample gets an anomaly.
   perlin_min_scale_log2 / perlin_max_scale_log2: Perlin grid scale 2**k per axis.
@@ -36,7 +37,11 @@ model
   norm              "batch", "group", "instance" or "none".
   disc_base_width, disc_stages: discriminator.
   seg_base_width, seg_depth: segmentator U-Net.
-  attention         "none" (reserved for SE/CBAM).
+  attention         "none", "se" (Squeeze-and-Excitation, Hu et al. 2018) or "cbam" (Woo et
+                    al. 2018) in the residual blocks of the generator, the discriminator and
+                    the segmentator's encoder; "none" is the paper's network.
+  attention_reduction: reduction ratio r of the attention MLPs (16; hidden width
+                    max(C // r, 4), at most C).
 loss (method.md §3)
   w_adv, w_con, w_enc: w1, w2, w3 of L_gan.   w_l1, w_ssim: wa, wb of L_con.
   enc_norm          "l2" or "l1".   w_focal: weight of the segmentator focal loss.
@@ -55,6 +60,10 @@ train
                     fixed-seed synthetic anomalies, what detection depends on) or
                     "total_loss" (L_gan + focal, dominated by the w2=50 reconstruction term).
   The plateau schedule always follows the validation total_loss (the paper's choice).
+  eval_every_epochs every N epochs, score the category's test split with the current
+                    weights and log image/pixel AUROC and AUPRO (TensorBoard "test/...",
+                    history.json) for learning curves; 0 = off. Logged only: checkpoint
+                    selection and the threshold never look at the test split.
 scoring (method.md §5)
   smoothing_kernel  average-pooling window (21 in the paper; 1 disables).
   threshold_quantile quantile of validation-normal scores used as threshold.
@@ -82,12 +91,13 @@ NON_NEGATIVE = (
     "loss.focal_gamma", "synthesis.rotation_deg", "synthesis.texture_colour_weight",
     "synthesis.texture_self_weight", "synthesis.texture_perlin_weight",
     "synthesis.texture_external_weight", "optimizer.min_learning_rate",
-    "train.steps_per_epoch", "scoring.tile_size", "scoring.tile_stride",
+    "train.steps_per_epoch", "train.eval_every_epochs", "scoring.tile_size", "scoring.tile_stride",
 )
 POSITIVE_INT = (
     "model.base_width", "model.stages", "model.blocks_per_stage", "model.max_width",
     "model.latent_channels", "model.latent_dim", "model.disc_base_width",
-    "model.disc_stages", "model.seg_base_width", "model.seg_depth", "train.epochs",
+    "model.disc_stages", "model.seg_base_width", "model.seg_depth",
+    "model.attention_reduction", "train.epochs",
     "train.batch_size", "train.checkpoint_every_steps", "train.keep_checkpoints",
     "train.log_every_steps", "train.image_every_steps", "scoring.smoothing_kernel",
     "optimizer.plateau_patience",
@@ -109,6 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.roi_dir = ""
     c.data.val_fraction = 0.1
     c.data.skip_bad_files = False
+    c.data.use_roi = True
 
     c.synthesis = ml_collections.ConfigDict()
     c.synthesis.anomaly_prob = 0.75
@@ -144,6 +155,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.seg_base_width = 32
     c.model.seg_depth = 4
     c.model.attention = "none"
+    c.model.attention_reduction = 16
 
     c.loss = ml_collections.ConfigDict()
     c.loss.w_adv = 1.0
@@ -178,6 +190,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.image_every_steps = 200
     c.train.deterministic = False
     c.train.best_metric = "segmentator_loss"
+    c.train.eval_every_epochs = 0
 
     c.scoring = ml_collections.ConfigDict()
     c.scoring.smoothing_kernel = 21

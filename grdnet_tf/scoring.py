@@ -109,3 +109,47 @@ def calibrate_threshold(normal_scores, quantile):
     if scores.size == 0:
         raise ValueError("cannot calibrate a threshold without validation images")
     return float(np.quantile(scores, quantile))
+
+
+def tile_offsets(length, tile, stride):
+    """Start offsets covering [0, length) with windows of `tile` (the last one flush)."""
+    if length <= tile:
+        return [0]
+    offsets = list(range(0, length - tile, stride))
+    return offsets + [length - tile]
+
+
+def score_tiled(model, image, image_size, channels, kernel_size, tile_size, tile_stride,
+                roi=None):
+    """Scores one high-resolution image by tiles; returns the smoothed map at native size.
+
+    The image (uint8 or float [h, w, 1|3]) is cut into tile_size x tile_size windows every
+    tile_stride pixels (the last window flush with the border), each window is resized to the
+    model size and scored; the raw maps are resized back and stitched by averaging overlaps.
+    The stitched map is smoothed with the kernel scaled by tile_size / model size (odd), and
+    the image score is its max. `roi` (optional [h, w], nonzero = inside) hard-masks the
+    stitched map before smoothing. Returns (anomaly_map [h, w], anomaly_score scalar).
+    """
+    image = tf.convert_to_tensor(image)
+    height, width = int(image.shape[0]), int(image.shape[1])
+    tile_h, tile_w = min(tile_size, height), min(tile_size, width)
+    ys = tile_offsets(height, tile_h, tile_stride)
+    xs = tile_offsets(width, tile_w, tile_stride)
+    windows = tf.stack([image[y:y + tile_h, x:x + tile_w] for y in ys for x in xs])
+    outputs = model(prepare_images(windows, image_size, channels), training=False)
+    maps = tf.image.resize(outputs[keys.ANOMALY_MAP][..., tf.newaxis], (tile_h, tile_w),
+                           method="bilinear")[..., 0]
+    total = tf.zeros((height, width))
+    count = tf.zeros((height, width))
+    ones = tf.ones((tile_h, tile_w))
+    for i, (y, x) in enumerate((y, x) for y in ys for x in xs):
+        pad = [[y, height - y - tile_h], [x, width - x - tile_w]]
+        total += tf.pad(maps[i], pad)
+        count += tf.pad(ones, pad)
+    stitched = total / count
+    if roi is not None:
+        stitched *= tf.cast(tf.convert_to_tensor(roi) > 0, tf.float32)
+    scale = tile_size / float(min(image_size))
+    kernel = 1 if kernel_size <= 1 else int(round(kernel_size * scale)) // 2 * 2 + 1
+    smoothed = smooth(stitched[tf.newaxis], kernel)[0]
+    return smoothed, tf.reduce_max(smoothed)

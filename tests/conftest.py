@@ -46,7 +46,12 @@ def tiny_run(tmp_path_factory, demo_category):
     trained once per session; returns the run directory."""
     from grdnet_tf.config import load_config_file
     from grdnet_tf.training import train_lib
-    config = load_config_file(os.path.join(REPO, "configs", "tiny.py"))
+    import ml_collections
+    from grdnet_tf.config import freeze
+    config = ml_collections.ConfigDict(load_config_file(os.path.join(REPO, "configs",
+                                                                     "tiny.py")))
+    config.train.eval_every_epochs = 1  # learning-curve logging is exercised here too
+    config = freeze(config)
     model_dir = str(tmp_path_factory.mktemp("tiny_run"))
     train_lib.train(config, demo_category, model_dir)
     return model_dir

@@ -135,3 +135,67 @@ def test_hard_roi_masking_silences_outside(tiny_run, demo_category, tmp_path):
     # Smoothing spreads the masked map by kernel // 2 pixels at most.
     dilated = cv2.dilate(roi, np.ones((kernel, kernel), np.uint8))
     assert np.all(scored.anomaly_map[dilated == 0] == 0.0)
+
+
+def test_training_logs_test_metrics_for_learning_curves(tiny_run):
+    """train.eval_every_epochs logs test-split metrics to history and TensorBoard only."""
+    history = ckpt_lib.read_json(os.path.join(tiny_run, ckpt_lib.HISTORY_JSON))
+    assert [h["epoch"] for h in history] == [1, 2]
+    for entry in history:
+        assert 0.0 <= entry["test_image_auroc"] <= 1.0
+        assert 0.0 <= entry["test_pixel_auroc"] <= 1.0
+    tags = set()
+    log_dir = os.path.join(tiny_run, "logs", "validation")
+    for name in os.listdir(log_dir):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(log_dir, name)):
+            tags.update(v.tag for v in event.summary.value)
+    assert {"test/image_auroc", "test/pixel_auroc", "test/aupro"} <= tags
+    best = ckpt_lib.read_json(os.path.join(tiny_run, ckpt_lib.BEST_DIR, ckpt_lib.BEST_JSON))
+    assert best["metric"] == "val_segmentator_loss"
+
+
+def test_use_roi_false_gives_whole_image_rois(demo_category):
+    import ml_collections
+    from grdnet_tf.config import base_config, freeze
+    from grdnet_tf.training import train_lib
+    config = base_config()
+    config.data.image_size = (32, 32)
+    config.model.stages = config.model.disc_stages = config.model.seg_depth = 2
+    config.train.batch_size = 2
+    with_roi = train_lib.load_train_data(freeze(config), demo_category)
+    config.data.use_roi = False
+    without = train_lib.load_train_data(freeze(config), demo_category)
+    assert with_roi.train_cache.rois.mean() < 0.9
+    assert without.train_cache.rois.min() == 1
+
+
+def test_tile_offsets_cover_the_image():
+    assert scoring.tile_offsets(100, 40, 30) == [0, 30, 60]
+    assert scoring.tile_offsets(100, 40, 40) == [0, 40, 60]
+    assert scoring.tile_offsets(30, 40, 20) == [0]
+
+
+def test_tiled_scoring_stitches_by_averaging_overlaps():
+    """A fake model whose map is the tile's mean intensity: stitched values are averages."""
+    class MeanModel:
+        def __call__(self, images, training=False):
+            mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)[..., 0]
+            return {keys.ANOMALY_MAP: tf.broadcast_to(mean, tf.shape(images)[:3]),
+                    keys.RECONSTRUCTION: images}
+
+    image = np.zeros((8, 12, 3), np.float32)
+    image[:, 6:] = 1.0  # left half 0, right half 1
+    amap, score = scoring.score_tiled(MeanModel(), image, (8, 8), 3, kernel_size=1,
+                                      tile_size=8, tile_stride=2)
+    # Windows at x = 0, 2, 4 have means 2/8, 4/8, 6/8. Column 0 is covered by x=0 only,
+    # column 5 by all three windows, column 11 by x=4 only.
+    np.testing.assert_allclose(amap[:, 0], 0.25, atol=1e-6)
+    np.testing.assert_allclose(amap[:, 5], (0.25 + 0.5 + 0.75) / 3, atol=1e-6)
+    np.testing.assert_allclose(amap[:, 11], 0.75, atol=1e-6)
+    assert float(score) == pytest.approx(0.75, abs=1e-6)
+    roi = np.zeros((8, 12), np.uint8)
+    roi[:, :3] = 1
+    _, masked = scoring.score_tiled(MeanModel(), image, (8, 8), 3, kernel_size=1,
+                                    tile_size=8, tile_stride=2, roi=roi)
+    # Inside the ROI (columns 0-2) the largest value is column 2: windows x=0 and x=2.
+    assert float(masked) == pytest.approx((0.25 + 0.5) / 2, abs=1e-6)

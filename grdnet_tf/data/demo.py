@@ -84,7 +84,7 @@ def _defect_shape(rng, kind, centre, height, width, scale):
     mask = np.zeros((height, width), np.uint8)
     cx, cy = centre
     if kind == "spot":
-        axes = (int(rng.uniform(5, 10) * scale), int(rng.uniform(5, 10) * scale))
+        axes = (int(rng.uniform(6, 11) * scale), int(rng.uniform(6, 11) * scale))
         cv2.ellipse(mask, (int(cx), int(cy)), axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
     else:
         length = rng.uniform(25, 45) * scale
@@ -95,7 +95,8 @@ def _defect_shape(rng, kind, centre, height, width, scale):
         xs = cx + np.cumsum(np.cos(angle)) * length / 12 - np.cos(direction) * length / 2
         ys = cy + np.cumsum(np.sin(angle)) * length / 12 - np.sin(direction) * length / 2
         points = np.stack([xs, ys], 1).round().astype(np.int32)
-        cv2.polylines(mask, [points], False, 1, max(2, int(round(3 * scale))))
+        # At least ~2 pixels wide once the demo config resizes 128 -> 64.
+        cv2.polylines(mask, [points], False, 1, max(2, int(round(4.5 * scale))))
     return mask
 
 

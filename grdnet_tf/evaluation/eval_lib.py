@@ -4,6 +4,8 @@ Images are read at their native size and go through `scoring.prepare_images` (th
 resize the SavedModel does), so evaluated scores equal exported scores. Pixel metrics are
 computed at the model resolution (`data.image_size`); ground truth and test ROIs are resized
 there with nearest neighbour. Overlays are drawn at the image's native resolution.
+With `scoring.tile_size` > 0, each image is scored by tiles at its native resolution
+(`scoring.score_tiled`) and pixel metrics use the native resolution.
 """
 import csv
 import dataclasses
@@ -38,6 +40,8 @@ class Scorer:
         self.kernel = run.config.scoring.smoothing_kernel
         self.threshold = run.threshold if threshold is None else float(threshold)
         self.use_roi = use_roi
+        self.tile_size = run.config.scoring.tile_size
+        self.tile_stride = run.config.scoring.tile_stride
         self._score = tf.function(self._score_model_inputs, reduce_retracing=True)
 
     def _score_model_inputs(self, images, roi):
@@ -94,8 +98,17 @@ def iter_scored(scorer, items, batch_size=8, skip_bad_files=False):
             logging.warning("skipping unreadable image %s", path)
             continue
         roi = full_roi
-        roi_path = getattr(item, "roi_path", None)
-        if scorer.use_roi and roi_path:
+        roi_path = getattr(item, "roi_path", None) if scorer.use_roi else None
+        if scorer.tile_size:  # high resolution: one image at a time, map at native size
+            amap, score = scoring.score_tiled(
+                scorer.run.model, native, scorer.image_size, scorer.channels, scorer.kernel,
+                scorer.tile_size, scorer.tile_stride,
+                roi=io.read_mask(roi_path, native.shape[:2]) if roi_path else None)
+            yield Scored(path=path, image=native, anomaly_map=amap.numpy(),
+                         anomaly_score=float(score),
+                         sample=item if isinstance(item, mvtec.Sample) else None)
+            continue
+        if roi_path:
             roi = tf.constant(io.read_mask(roi_path, scorer.image_size), tf.float32)
         batch.append((item, scorer.model_inputs(native), roi, native))
         if len(batch) == batch_size:
@@ -153,16 +166,13 @@ def write_report(path, metrics, model_dir, data_dir, checkpoint):
     os.replace(tmp, path)
 
 
-def evaluate(model_dir, data_dir, output_dir, checkpoint="best", threshold=None,
-             batch_size=8, num_overlays=4, use_roi=False, log_fn=logging.info):
-    """Scores the test split of `data_dir` and writes metrics, report, plots and overlays.
+def score_test_split(scorer, data_dir, batch_size=8):
+    """Scores every test image of `data_dir` and computes all metrics (no files written).
 
-    Returns the metrics dict (also written to `output_dir/metrics.json`).
+    Returns (metrics dict, test paths, scores, samples). Pixel metrics use the model
+    resolution; images whose ground truth is missing are left out of them (noted).
     """
-    run = ckpt_lib.load_for_inference(model_dir, checkpoint)
-    scorer = Scorer(run, threshold=threshold, use_roi=use_roi)
     samples = mvtec.index_test(data_dir)
-    size = scorer.image_size
     labels, scores, maps, masks, rois, defects, paths, notes = [], [], [], [], [], [], [], []
     missing_gt = 0
     for scored in iter_scored(scorer, samples, batch_size):
@@ -172,6 +182,7 @@ def evaluate(model_dir, data_dir, output_dir, checkpoint="best", threshold=None,
         defects.append(s.defect)
         paths.append(s.path)
         maps.append(scored.anomaly_map)
+        size = scored.anomaly_map.shape  # model resolution, or native when tiling
         if s.label == 0:
             masks.append(np.zeros(size, np.uint8))
         elif s.mask_path:
@@ -198,13 +209,27 @@ def evaluate(model_dir, data_dir, output_dir, checkpoint="best", threshold=None,
         if scorer.threshold is not None:
             info["flagged_rate"] = float((scores_np[idx] > scorer.threshold).mean())
         folders[folder] = info
-    result.update(folders=folders, notes=notes, checkpoint=run.checkpoint_path,
-                  num_images=len(labels), model_dir=model_dir, data_dir=data_dir,
-                  use_roi=use_roi, threshold=scorer.threshold,
-                  threshold_source="flag" if threshold is not None else "calibration")
     if scorer.threshold is None:
-        notes.append("the run has no calibrated threshold and none was given: "
-                     "threshold metrics are left out")
+        notes.append("no calibrated threshold and none was given: threshold metrics are "
+                     "left out")
+    result.update(folders=folders, notes=notes, num_images=len(labels), data_dir=data_dir,
+                  use_roi=scorer.use_roi, threshold=scorer.threshold)
+    return result, paths, scores, samples
+
+
+def evaluate(model_dir, data_dir, output_dir, checkpoint="best", threshold=None,
+             batch_size=8, num_overlays=4, use_roi=False, log_fn=logging.info):
+    """Scores the test split of `data_dir` and writes metrics, report, plots and overlays.
+
+    Returns the metrics dict (also written to `output_dir/metrics.json`).
+    """
+    run = ckpt_lib.load_for_inference(model_dir, checkpoint)
+    scorer = Scorer(run, threshold=threshold, use_roi=use_roi)
+    result, paths, scores, samples = score_test_split(scorer, data_dir, batch_size)
+    labels = [s.label for s in samples]
+    defects = [s.defect for s in samples]
+    result.update(checkpoint=run.checkpoint_path, model_dir=model_dir,
+                  threshold_source="flag" if threshold is not None else "calibration")
 
     os.makedirs(output_dir, exist_ok=True)
     ckpt_lib.write_json(os.path.join(output_dir, "metrics.json"), result)

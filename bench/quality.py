@@ -1,0 +1,110 @@
+"""Quality benchmark: train, evaluate and summarise one of the documented settings.
+
+  .venv/bin/python bench/quality.py demo            # demo data, configs/demo.py, ROI on
+  .venv/bin/python bench/quality.py demo_no_roi     # the same with whole-image ROIs
+  .venv/bin/python bench/quality.py tire            # ../shared/data/mvtec3d_tire, cpu_small
+
+Each run trains from scratch into runs/quality_<name>/ (deleted first), evaluates the test
+split with grdnet-eval's library function, and writes bench/results/quality_<name>.json
+(last line of stdout too). `tire` logs test metrics every 2 epochs (never used for model or
+threshold selection) and draws the learning curve to docs/learning_curve_tire.png.
+Extra `--config.KEY=VALUE` style overrides can follow the name, e.g. train.epochs=10.
+"""
+import json
+import os
+import shutil
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from absl import logging  # noqa: E402
+import ml_collections  # noqa: E402
+
+from grdnet_tf import config as config_lib  # noqa: E402
+
+SETTINGS = {
+    "demo": dict(config="demo.py", data="demo", overrides={}),
+    "demo_no_roi": dict(config="demo.py", data="demo", overrides={"data.use_roi": False}),
+    "tire": dict(config="cpu_small.py", data=os.path.join(os.path.dirname(REPO), "shared",
+                                                           "data", "mvtec3d_tire"),
+                 overrides={"train.eval_every_epochs": 2}),
+}
+
+
+def _parse_value(text):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def main(argv):
+    if len(argv) < 2 or argv[1] not in SETTINGS:
+        sys.exit(f"usage: bench/quality.py {{{','.join(SETTINGS)}}} [KEY=VALUE ...]")
+    name = argv[1]
+    setting = SETTINGS[name]
+    overrides = dict(setting["overrides"])
+    for item in argv[2:]:
+        key, _, value = item.partition("=")
+        overrides[key] = _parse_value(value)
+
+    from grdnet_tf.data import demo
+    from grdnet_tf.evaluation import eval_lib, plots
+    from grdnet_tf.training import train_lib
+
+    logging.set_verbosity(logging.INFO)
+    config = ml_collections.ConfigDict(config_lib.load_config_file(
+        os.path.join(REPO, "configs", setting["config"])))
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        if leaf not in node:
+            sys.exit(f"unknown config key {key}")
+        node[leaf] = value
+    config = config_lib.freeze(config)
+    run_dir = os.path.join(REPO, "runs", f"quality_{name}")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    data_dir = setting["data"]
+    if data_dir == "demo":
+        data_dir = demo.make_demo_dataset(os.path.join(REPO, "runs", "demo_data"))
+    start = time.perf_counter()
+    summary = train_lib.train(config, data_dir, run_dir)
+    train_minutes = (time.perf_counter() - start) / 60
+    metrics = eval_lib.evaluate(run_dir, data_dir, os.path.join(run_dir, "eval"))
+    with open(os.path.join(run_dir, "history.json")) as f:
+        history = json.load(f)
+    curve = {k: [h.get(k) for h in history] for k in ("test_image_auroc", "test_pixel_auroc")}
+    if any(v is not None for v in curve["test_image_auroc"]):
+        plots.learning_curve_png([h["epoch"] for h in history], curve,
+                                 os.path.join(REPO, "docs", f"learning_curve_{name}.png"),
+                                 title=f"{name}: test AUROC against epoch (logged only)")
+    result = {
+        "benchmark": f"quality_{name}", "config": setting["config"], "overrides": overrides,
+        "data_dir": data_dir, "epochs": summary["epochs"], "steps": summary["steps"],
+        "train_minutes": round(train_minutes, 2), "load_avg_1min": os.getloadavg()[0],
+        "image_auroc": metrics["image_auroc"], "pixel_auroc": metrics["pixel_auroc"],
+        "aupro": metrics["aupro"], "image_f1_max": metrics["image_f1_max"],
+        "pixel_auroc_roi": metrics.get("pixel_auroc_roi"),
+        "threshold": metrics["threshold"], "false_alarm_rate": metrics.get("false_alarm_rate"),
+        "folders": metrics["folders"], "per_defect_image_auroc":
+            metrics["per_defect_image_auroc"],
+        "learning_curve": {"epoch": [h["epoch"] for h in history], **curve},
+        "command": " ".join(["bench/quality.py"] + argv[1:]),
+    }
+    os.makedirs(os.path.join(REPO, "bench", "results"), exist_ok=True)
+    path = os.path.join(REPO, "bench", "results", f"quality_{name}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(path + ".tmp", path)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("folders",)}))
+
+
+if __name__ == "__main__":
+    main(sys.argv)
