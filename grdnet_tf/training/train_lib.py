@@ -54,6 +54,9 @@ def load_train_data(config, data_dir):
     train_samples, val_samples = mvtec.index_train(
         data_dir, roi_dir=config.data.roi_dir, val_fraction=config.data.val_fraction,
         seed=config.seed)
+    if not config.data.use_roi:
+        train_samples = [dataclasses.replace(s, roi_path=None) for s in train_samples]
+        val_samples = [dataclasses.replace(s, roi_path=None) for s in val_samples]
     size, channels, skip = (tuple(config.data.image_size), config.data.channels,
                             config.data.skip_bad_files)
     train_cache = pipeline.load_cache(train_samples, size, channels, skip)
@@ -146,6 +149,19 @@ def _progress_line(epoch, epochs, step, step_in_epoch, steps_per_epoch, ips, log
                      if name in logs)
     return (f"epoch {epoch + 1}/{epochs} step {step} ({step_in_epoch}/{steps_per_epoch}) "
             f"{ips:.1f} img/s {parts}")
+
+
+def evaluate_test_split(model, config, data_dir, summaries, step):
+    """Test-split metrics of the current weights, for learning curves (logged, never used
+    to select checkpoints or thresholds)."""
+    from grdnet_tf.evaluation import eval_lib
+    run = ckpt_lib.LoadedRun(config=config, model=model, checkpoint_path=None,
+                             threshold=None, calibration=None)
+    metrics, _, _, _ = eval_lib.score_test_split(eval_lib.Scorer(run), data_dir)
+    values = {f"test/{k}": metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro")
+              if metrics.get(k) is not None}
+    Summaries.scalars(summaries.validation, values, step)
+    return {f"test_{k.split('/')[1]}": v for k, v in values.items()}
 
 
 def calibrate(model, config, val_cache, batch_size=16):
@@ -317,6 +333,10 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
         entry = {"epoch": epoch + 1, "step": int(state.step), "learning_rate": learning_rate,
                  **{f"train_{k}": v for k, v in last_logs.items()},
                  **{f"val_{k}": v for k, v in val_logs.items()}}
+        every = int(config.train.eval_every_epochs)
+        if chief and every and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
+            entry.update(evaluate_test_split(model, config, data_dir, summaries,
+                                             int(state.step)))
         history.append(entry)
         if chief:
             ckpt_lib.write_json(history_path, history)
