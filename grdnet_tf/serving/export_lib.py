@@ -1,0 +1,337 @@
+"""Export a trained run as a versioned SavedModel for TensorFlow Serving.
+
+    export_run(model_dir, export_dir) -> "<export_dir>/<N>"
+
+Layout written (TF Serving's model base path convention):
+
+  <export_dir>/<N>/saved_model.pb, variables/     inference graph only: generator encoder
+                                                  + decoder (GRDNet.call ->
+                                                  generator.reconstruct) and segmentator;
+                                                  no discriminator, no second encoder
+  <export_dir>/<N>/assets.extra/grdnet.json       metadata (threshold, sizes, smoothing,
+                                                  source checkpoint, config); TF Serving
+                                                  ignores assets.extra
+
+N defaults to one more than the largest integer version in <export_dir> (1 when empty).
+The version is written into ``<export_dir>/.tmp-<N>-<random>`` and renamed into place, so a
+server polling <export_dir> never sees a half-written version (names that are not integers
+are ignored by TF Serving). An existing version is replaced only with ``overwrite=True``.
+
+Signatures (every input dimension except channels is None: any batch, any size):
+
+  serving_default  images uint8 [B, h, w, 3]
+  serve_bytes      image_bytes string [B]: encoded PNG / JPEG / BMP, one size per batch
+  serve_roi        images uint8 [B, h, w, 3], roi uint8 [B, h, w] (nonzero = inside)
+
+  outputs          anomaly_score float32 [B], anomaly_map float32 [B, h, w] in [0, 1],
+                   is_anomalous bool [B] (score > threshold), reconstruction uint8
+                   [B, h, w, 3]; serve_bytes adds heatmap_png_bytes string [B] (the map in
+                   ``plots.JET_LUT`` colours blended on the image, alpha 0.5, PNG).
+
+All scoring is ``grdnet_tf.scoring.score_images``: the exported outputs equal the in-process
+ones.
+"""
+import datetime
+import json
+import math
+import os
+import shutil
+import tempfile
+import uuid
+
+import keras
+import tensorflow as tf
+
+from grdnet_tf import config as config_lib
+from grdnet_tf import keys, scoring
+from grdnet_tf.evaluation import plots
+from grdnet_tf.training import checkpoints
+
+METADATA_DIR = "assets.extra"          # TF Serving convention: not read by the server
+METADATA_JSON = "grdnet.json"
+TMP_PREFIX = ".tmp-"                   # <export_dir>/.tmp-<N>-<random> while writing
+OLD_PREFIX = ".old-"                   # a replaced version, deleted after the swap
+HEATMAP_ALPHA = 0.5                    # as plots.overlay
+HEATMAP_PNG_BYTES = "heatmap_png_bytes"
+SIGNATURES = ("serving_default", "serve_bytes", "serve_roi")
+# Leading bytes of the formats serve_bytes accepts (what tf.io.decode_image sniffs too).
+IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM")
+
+IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
+IMAGE_BYTES_SPEC = tf.TensorSpec([None], tf.string, name="image_bytes")
+ROI_SPEC = tf.TensorSpec([None, None, None], tf.uint8, name="roi")
+
+
+def to_uint8_rgb(images):
+    """float [B, h, w, 1|3] in [0, 1] -> uint8 RGB [B, h, w, 3] (round half to even)."""
+    images = tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.uint8)
+    if images.shape[-1] == 1:
+        images = tf.image.grayscale_to_rgb(images)
+    return images
+
+
+def colorize(anomaly_map):
+    """TF twin of ``plots.colorize``: float [..., h, w] -> uint8 [..., h, w, 3] via JET_LUT."""
+    anomaly_map = tf.where(tf.math.is_nan(anomaly_map), tf.zeros_like(anomaly_map),
+                           anomaly_map)
+    index = tf.cast(tf.round(tf.clip_by_value(anomaly_map, 0.0, 1.0) * 255.0), tf.int32)
+    return tf.gather(tf.constant(plots.JET_LUT), index)
+
+
+def heatmap_overlay(images, anomaly_map, alpha=HEATMAP_ALPHA):
+    """TF twin of ``plots.overlay`` without contour: uint8 [B, h, w, 3] and [B, h, w] -> uint8."""
+    blend = ((1.0 - alpha) * tf.cast(images, tf.float32)
+             + alpha * tf.cast(colorize(anomaly_map), tf.float32))
+    return tf.cast(tf.clip_by_value(tf.round(blend), 0.0, 255.0), tf.uint8)
+
+
+def decode_images(image_bytes):
+    """string [B] of PNG/JPEG/BMP -> uint8 [B, h, w, 3]; InvalidArgumentError when corrupt.
+
+    Every image of the batch must have the same size (the outputs are dense tensors).
+    """
+    batch = tf.shape(image_bytes)[0]
+    checks = [tf.debugging.assert_positive(
+        batch, message="image_bytes must hold at least one encoded image")]
+
+    def decode_one(args):
+        data, index = args
+        known = tf.reduce_any([tf.equal(tf.strings.substr(data, 0, len(magic)), magic)
+                               for magic in IMAGE_MAGIC])
+        message = tf.strings.format(
+            "image_bytes[{}] is not a PNG, JPEG or BMP image ({} bytes)",
+            (index, tf.strings.length(data)))
+        with tf.control_dependencies([tf.debugging.Assert(known, [message])]):
+            data = tf.identity(data)
+        image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+        # int64 cast: a raw Shape output inside map_fn trips a TF type-inference warning.
+        return tf.reshape(image, [-1]), tf.cast(tf.shape(image), tf.int64)
+
+    with tf.control_dependencies(checks):
+        flat, shapes = tf.map_fn(
+            decode_one, (image_bytes, tf.range(batch)),
+            fn_output_signature=(tf.RaggedTensorSpec([None], tf.uint8, ragged_rank=0),
+                                 tf.TensorSpec([3], tf.int64)))
+    same_size = tf.debugging.Assert(
+        tf.reduce_all(tf.equal(shapes, shapes[:1])),
+        ["all images of one serve_bytes request must have the same size; send images of "
+         "different sizes in separate requests. Sizes [height, width, 3]:", shapes],
+        summarize=30)
+    with tf.control_dependencies([same_size]):
+        images = tf.reshape(flat.flat_values,
+                            tf.concat([[tf.cast(batch, tf.int64)], shapes[0]], axis=0))
+    return tf.ensure_shape(images, [None, None, None, 3])
+
+
+def serving_functions(model, image_size, channels, kernel_size, threshold):
+    """The three signature functions of the export, as tf.functions with None dimensions.
+
+    Args:
+        model: a restored GRDNet (only its inference `call` is traced).
+        image_size: (H, W) of the model; channels: the model's channels (1 or 3).
+        kernel_size: scoring smoothing window; threshold: float, score > threshold is
+            anomalous.
+
+    Returns {signature name: tf.function}, serving_default first.
+    """
+    image_size = tuple(int(s) for s in image_size)
+    threshold = float(threshold)
+
+    def outputs(images, roi=None):
+        out = scoring.score_images(model, images, image_size, channels, kernel_size,
+                                   threshold, roi=roi)
+        return {keys.ANOMALY_SCORE: out[keys.ANOMALY_SCORE],
+                keys.ANOMALY_MAP: out[keys.ANOMALY_MAP],
+                keys.IS_ANOMALOUS: out[keys.IS_ANOMALOUS],
+                keys.RECONSTRUCTION: to_uint8_rgb(out[keys.RECONSTRUCTION])}
+
+    @tf.function(input_signature=[IMAGES_SPEC], autograph=False)
+    def serve(images):
+        return outputs(images)
+
+    @tf.function(input_signature=[IMAGE_BYTES_SPEC], autograph=False)
+    def serve_bytes(image_bytes):
+        images = decode_images(image_bytes)
+        out = outputs(images)
+        heatmaps = heatmap_overlay(images, out[keys.ANOMALY_MAP])
+        out[HEATMAP_PNG_BYTES] = tf.map_fn(tf.io.encode_png, heatmaps,
+                                           fn_output_signature=tf.TensorSpec([], tf.string))
+        return out
+
+    @tf.function(input_signature=[IMAGES_SPEC, ROI_SPEC], autograph=False)
+    def serve_roi(images, roi):
+        check = tf.debugging.assert_equal(
+            tf.shape(roi), tf.shape(images)[:3],
+            message="roi must be uint8 [batch, height, width] matching images "
+                    "[batch, height, width, 3]")
+        with tf.control_dependencies([check]):
+            roi = tf.identity(roi)
+        return outputs(images, roi=roi)
+
+    return {"serving_default": serve, "serve_bytes": serve_bytes, "serve_roi": serve_roi}
+
+
+def inference_module(model):
+    """A tf.Module tracking exactly the variables inference reads (nothing else is saved).
+
+    It holds the underlying tf.Variables keyed by their Keras paths, not the Keras layers:
+    a tracked Keras variable is written twice into the SavedModel graph (its tf.Variable
+    and an initialised copy), and TF1-style loaders (TF Serving's session bundle,
+    ``saved_model_cli run``) then restore the copy while the signatures read the
+    uninitialised original ("Could not find variable ...").
+    """
+    module = tf.Module(name="grdnet_inference")
+    for name, net in (("generator_encoder", model.generator.encoder),
+                      ("generator_decoder", model.generator.decoder),
+                      ("segmentator", model.segmentator)):
+        variables = {variable.path: variable.value for variable in net.variables}
+        if not all(isinstance(v, tf.Variable) for v in variables.values()):
+            raise TypeError("export under an autocast scope: variable values are not "
+                            "tf.Variables")
+        setattr(module, name, variables)
+    return module
+
+
+def next_version(export_dir):
+    """One more than the largest integer version folder in `export_dir` (1 when none)."""
+    if not os.path.isdir(export_dir):
+        return 1
+    versions = [int(name) for name in os.listdir(export_dir)
+                if name.isdigit() and os.path.isdir(os.path.join(export_dir, name))]
+    return max(versions, default=0) + 1
+
+
+def _resolve_threshold(threshold, calibration, model_dir):
+    """(threshold, source): the --threshold flag wins over the run's calibration.json."""
+    if threshold is not None:
+        source = "flag"
+    elif calibration is not None and calibration.get("threshold") is not None:
+        threshold, source = calibration["threshold"], "calibration"
+    else:
+        raise ValueError(
+            f"--model_dir={model_dir} has no {checkpoints.CALIBRATION_JSON} (no calibrated "
+            f"threshold): pass --threshold=FLOAT or calibrate the run first")
+    threshold = float(threshold)
+    if not math.isfinite(threshold):
+        raise ValueError(f"--threshold={threshold} must be a finite number")
+    return threshold, source
+
+
+def _check_version(export_dir, version, overwrite):
+    if version is None:
+        return next_version(export_dir)
+    if isinstance(version, bool) or int(version) != version or version < 1:
+        raise ValueError(f"--version={version!r} must be a positive integer")
+    version = int(version)
+    if os.path.exists(os.path.join(export_dir, str(version))) and not overwrite:
+        raise FileExistsError(
+            f"--version={version}: {os.path.join(export_dir, str(version))} already exists; "
+            f"pass --overwrite to replace it or omit --version to write version "
+            f"{next_version(export_dir)}")
+    return version
+
+
+def _metadata(loaded, threshold, threshold_source, version, model_dir):
+    config = loaded.config
+    return {
+        "format": "grdnet_tf.savedmodel/1",
+        "version": version,
+        "signatures": list(SIGNATURES),
+        "threshold": threshold,
+        "threshold_source": threshold_source,
+        "calibration": loaded.calibration,
+        "image_size": list(config.data.image_size),
+        "channels": int(config.data.channels),
+        "smoothing_kernel": int(config.scoring.smoothing_kernel),
+        "heatmap_alpha": HEATMAP_ALPHA,
+        "model_dir": model_dir,
+        "source_checkpoint": os.path.abspath(loaded.checkpoint_path),
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "config": json.loads(config_lib.to_json(config)),
+    }
+
+
+def _write_metadata(version_dir, metadata):
+    os.makedirs(os.path.join(version_dir, METADATA_DIR), exist_ok=True)
+    checkpoints.write_json(os.path.join(version_dir, METADATA_DIR, METADATA_JSON), metadata)
+
+
+def _install(tmp_dir, final_dir, overwrite):
+    """Renames the finished tmp folder into place; with overwrite swaps out the old one."""
+    if not os.path.exists(final_dir):
+        os.rename(tmp_dir, final_dir)   # fails if another writer created it meanwhile
+        return
+    if not overwrite:
+        raise FileExistsError(f"{final_dir} already exists; pass --overwrite to replace it")
+    base, name = os.path.split(final_dir)
+    old_dir = os.path.join(base, f"{OLD_PREFIX}{name}-{uuid.uuid4().hex[:8]}")
+    os.rename(final_dir, old_dir)
+    try:
+        os.rename(tmp_dir, final_dir)
+    except BaseException:
+        os.rename(old_dir, final_dir)
+        raise
+    shutil.rmtree(old_dir, ignore_errors=True)
+
+
+def export_run(model_dir, export_dir, version=None, overwrite=False, checkpoint="best",
+               threshold=None):
+    """Exports a trained run as ``<export_dir>/<version>`` and returns that path.
+
+    Args:
+        model_dir: run directory (config.json, checkpoints/ or best/, calibration.json).
+        export_dir: TF Serving model base path; created if missing.
+        version: integer version; None = next_version(export_dir).
+        overwrite: replace an existing version (otherwise FileExistsError).
+        checkpoint: "best" (falls back to latest), "latest" or a checkpoint path.
+        threshold: overrides calibration.json; required when the run has none.
+
+    Flags are validated before the model is loaded and before anything is written; on any
+    failure no version folder and no temporary folder is left behind.
+    """
+    model_dir = os.path.abspath(model_dir)
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"--model_dir={model_dir} does not exist")
+    config_lib.load_run_config(model_dir)
+    checkpoints.find_checkpoint(model_dir, checkpoint)
+    _resolve_threshold(threshold, checkpoints.read_calibration(model_dir), model_dir)
+    _check_version(os.path.abspath(export_dir), version, overwrite)
+    loaded = checkpoints.load_for_inference(model_dir, checkpoint)
+    return export_model(loaded, export_dir, version=version, overwrite=overwrite,
+                        threshold=threshold, model_dir=model_dir)
+
+
+def export_model(loaded, export_dir, version=None, overwrite=False, threshold=None,
+                 model_dir=""):
+    """Exports an already restored run (a ``checkpoints.LoadedRun``); see export_run.
+
+    `threshold` overrides ``loaded.calibration``; `model_dir` is recorded in the metadata.
+    """
+    export_dir = os.path.abspath(export_dir)
+    threshold, threshold_source = _resolve_threshold(threshold, loaded.calibration,
+                                                     model_dir)
+    version = _check_version(export_dir, version, overwrite)
+    config = loaded.config
+    functions = serving_functions(loaded.model, config.data.image_size, config.data.channels,
+                                  config.scoring.smoothing_kernel, threshold)
+    metadata = _metadata(loaded, threshold, threshold_source, version, model_dir)
+
+    os.makedirs(export_dir, exist_ok=True)
+    final_dir = os.path.join(export_dir, str(version))
+    tmp_dir = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{version}-", dir=export_dir)
+    try:
+        tf.saved_model.save(inference_module(loaded.model), tmp_dir, signatures=functions)
+        _write_metadata(tmp_dir, metadata)
+        _install(tmp_dir, final_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return final_dir
+
+
+def read_metadata(version_dir):
+    """The grdnet.json written next to an exported SavedModel."""
+    with open(os.path.join(version_dir, METADATA_DIR, METADATA_JSON), encoding="utf-8") as f:
+        return json.load(f)
