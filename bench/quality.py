@@ -26,7 +26,7 @@ import ml_collections  # noqa: E402
 from grdnet_tf import config as config_lib  # noqa: E402
 
 SETTINGS = {
-    "demo": dict(config="demo.py", data="demo", overrides={}),
+    "demo": dict(config="demo.py", data="demo", overrides={"train.eval_every_epochs": 10}),
     "demo_no_roi": dict(config="demo.py", data="demo", overrides={"data.use_roi": False}),
     "tire": dict(config="cpu_small.py", data=os.path.join(os.path.dirname(REPO), "shared",
                                                            "data", "mvtec3d_tire"),
@@ -48,6 +48,8 @@ def main(argv):
         sys.exit(f"usage: bench/quality.py {{{','.join(SETTINGS)}}} [KEY=VALUE ...]")
     name = argv[1]
     setting = SETTINGS[name]
+    tag = os.environ.get("QUALITY_TAG", "")  # separate run folders for parallel experiments
+    run_name = f"{name}{tag}"
     overrides = dict(setting["overrides"])
     for item in argv[2:]:
         key, _, value = item.partition("=")
@@ -69,24 +71,26 @@ def main(argv):
             sys.exit(f"unknown config key {key}")
         node[leaf] = value
     config = config_lib.freeze(config)
-    run_dir = os.path.join(REPO, "runs", f"quality_{name}")
+    run_dir = os.path.join(REPO, "runs", f"quality_{run_name}")
     shutil.rmtree(run_dir, ignore_errors=True)
     data_dir = setting["data"]
     if data_dir == "demo":
-        data_dir = demo.make_demo_dataset(os.path.join(REPO, "runs", "demo_data"))
+        data_dir = demo.make_demo_dataset(os.path.join(REPO, "runs", f"demo_data{tag}"))
     start = time.perf_counter()
     summary = train_lib.train(config, data_dir, run_dir)
     train_minutes = (time.perf_counter() - start) / 60
     metrics = eval_lib.evaluate(run_dir, data_dir, os.path.join(run_dir, "eval"))
     with open(os.path.join(run_dir, "history.json")) as f:
         history = json.load(f)
-    curve = {k: [h.get(k) for h in history] for k in ("test_image_auroc", "test_pixel_auroc")}
-    if any(v is not None for v in curve["test_image_auroc"]):
-        plots.learning_curve_png([h["epoch"] for h in history], curve,
-                                 os.path.join(REPO, "docs", f"learning_curve_{name}.png"),
+    logged = [h for h in history if h.get("test_image_auroc") is not None]
+    curve = {k: [h.get(k) for h in logged]
+             for k in ("test_image_auroc", "test_pixel_auroc", "test_aupro")}
+    if logged:
+        plots.learning_curve_png([h["epoch"] for h in logged], curve,
+                                 os.path.join(REPO, "docs", f"learning_curve_{run_name}.png"),
                                  title=f"{name}: test AUROC against epoch (logged only)")
     result = {
-        "benchmark": f"quality_{name}", "config": setting["config"], "overrides": overrides,
+        "benchmark": f"quality_{run_name}", "config": setting["config"], "overrides": overrides,
         "data_dir": data_dir, "epochs": summary["epochs"], "steps": summary["steps"],
         "train_minutes": round(train_minutes, 2), "load_avg_1min": os.getloadavg()[0],
         "image_auroc": metrics["image_auroc"], "pixel_auroc": metrics["pixel_auroc"],
@@ -95,11 +99,11 @@ def main(argv):
         "threshold": metrics["threshold"], "false_alarm_rate": metrics.get("false_alarm_rate"),
         "folders": metrics["folders"], "per_defect_image_auroc":
             metrics["per_defect_image_auroc"],
-        "learning_curve": {"epoch": [h["epoch"] for h in history], **curve},
+        "learning_curve": {"epoch": [h["epoch"] for h in logged], **curve},
         "command": " ".join(["bench/quality.py"] + argv[1:]),
     }
     os.makedirs(os.path.join(REPO, "bench", "results"), exist_ok=True)
-    path = os.path.join(REPO, "bench", "results", f"quality_{name}.json")
+    path = os.path.join(REPO, "bench", "results", f"quality_{run_name}.json")
     with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=2)
     os.replace(path + ".tmp", path)

@@ -16,6 +16,9 @@ def get_config():
     c.model.disc_stages = 4
     c.model.seg_base_width = 16
     c.model.seg_depth = 4
+    # The paper's Perlin scales 2^0..2^6 are for 256 px; the same blob size relative to
+    # the image at 128 px is 2^0..2^5.
+    c.synthesis.perlin_max_scale_log2 = 5
     c.train.epochs = 30
     c.train.batch_size = 8
     c.train.checkpoint_every_steps = 50
