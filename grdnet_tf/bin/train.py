@@ -5,6 +5,8 @@
 
 Running the same command again resumes from the last checkpoint in --model_dir.
 """
+import os
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -28,12 +30,18 @@ def main(argv):
         common.fail("--model_dir is required")
     if not _DATA_DIR.value:
         common.fail("--data_dir is required (an MVTec-style category folder)")
+    if not os.path.isdir(_DATA_DIR.value):
+        common.fail(f"--data_dir={_DATA_DIR.value} does not exist (an MVTec-style category "
+                    f"folder)")
     from grdnet_tf import config as config_lib
-    from grdnet_tf.training import train_lib
     try:
         config_lib.validate(_CONFIG.value)
     except ValueError as e:
         common.fail(str(e))
+    if _CONFIG.value.train.strategy == "multi_worker":
+        # Read when TensorFlow loads; see grdnet_tf.training.strategy (oneDNN crash).
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    from grdnet_tf.training import train_lib  # imports TensorFlow: after the cheap checks
     logging.set_verbosity(logging.INFO)
     try:
         summary = train_lib.train(_CONFIG.value, _DATA_DIR.value, _MODEL_DIR.value)
@@ -44,8 +52,24 @@ def main(argv):
           f"{summary['logs_dir']}; threshold: {summary['threshold']}")
 
 
+def _parse_flags(argv):
+    """absl flag parsing, plus a clear error for a --config.KEY override naming no field.
+
+    ml_collections raises AttributeError/KeyError (not a flags.Error) for an unknown key,
+    which absl would print as a traceback.
+    """
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:
+        field = str(e).strip("\"' ")
+        overrides = [a[2:].split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+        bad = [o for o in overrides if field in o.split(".")[1:]] or overrides
+        common.fail(f"unknown config key: {', '.join('--' + o for o in bad)} (no field "
+                    f"{field!r}; the keys are listed in grdnet_tf/config.py)")
+
+
 def run():
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -152,8 +152,8 @@ class GRDNet(keras.Model):
                 ("discriminator", self.d_optimizer, self.discriminator, d_grads),
                 ("generator", self.g_optimizer, self.generator, g_grads),
                 ("segmentator", self.s_optimizer, self.segmentator, s_grads)):
+            norms[f"{name}_grad_norm"] = _unscaled_norm(optimizer, grads)  # before the update
             optimizer.apply_gradients(zip(grads, net.trainable_variables))
-            norms[f"{name}_grad_norm"] = tf.linalg.global_norm(grads)
         return self._update_trackers(scalars, norms)
 
     def test_step(self, data):
@@ -167,8 +167,8 @@ class GRDNet(keras.Model):
         for name, value in scalars.items():
             # value is this replica's share of the global mean; x replicas = replica mean.
             self.trackers[name].update_state(value * replicas)
-        for name, value in norms.items():
-            self.trackers[name].update_state(value)
+        for name, (value, weight) in norms.items():
+            self.trackers[name].update_state(value, sample_weight=weight)
         return {name: tracker.result() for name, tracker in self.trackers.items()
                 if name in scalars or name in norms}
 
@@ -194,6 +194,22 @@ def _scale(optimizer, loss):
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         return optimizer.scale_loss(loss)
     return loss
+
+
+def _unscaled_norm(optimizer, grads):
+    """(global norm of the true gradients, weight) for the grad_norm trackers.
+
+    Under a LossScaleOptimizer the gradients are scaled: the norm is divided by the scale, and
+    a non-finite norm (overflow: the optimizer skips the step and lowers the scale) gets weight
+    0 so that it neither shows up as a huge or NaN norm nor poisons the epoch mean. Without
+    loss scaling a non-finite norm is reported as it is (weight 1).
+    """
+    norm = tf.linalg.global_norm(grads)
+    if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return norm, 1.0
+    norm = norm / tf.cast(optimizer.dynamic_scale, norm.dtype)
+    finite = tf.math.is_finite(norm)
+    return tf.where(finite, norm, 0.0), tf.cast(finite, norm.dtype)
 
 
 def make_optimizers(optimizer_config, mixed_precision=False):

@@ -27,7 +27,11 @@ HISTORY_JSON = "history.json"
 
 
 class TrainState(tf.Module):
-    """Counters and plateau state saved with every checkpoint (create in the strategy scope)."""
+    """Counters and plateau state saved with every checkpoint.
+
+    Create it outside the strategy scope: the loop reads and sets these on the host
+    (int()/float() reject distributed variables); every worker holds the same values.
+    """
 
     def __init__(self):
         super().__init__(name="train_state")

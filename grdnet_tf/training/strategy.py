@@ -20,6 +20,7 @@ def make_strategy(name):
         if not os.environ.get("TF_CONFIG"):
             raise ValueError("strategy='multi_worker' needs the TF_CONFIG environment variable "
                              "(cluster and task of this worker)")
+        _check_onednn_off_for_multi_worker()
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     elif name == "mirrored" or (name == "auto" and len(tf.config.list_logical_devices("GPU")) > 1):
         strategy = tf.distribute.MirroredStrategy()
@@ -28,6 +29,27 @@ def make_strategy(name):
     logging.info("strategy %s with %d replica(s)", type(strategy).__name__,
                  strategy.num_replicas_in_sync)
     return strategy
+
+
+def _onednn_enabled():
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() not in ("0", "false")
+
+
+def _check_onednn_off_for_multi_worker():
+    """TensorFlow 2.21 corrupts the heap (the workers die with SIGSEGV/SIGABRT) when
+    MultiWorkerMirroredStrategy all-reduces the gradient of a 1x1 stride-2 convolution (the
+    projection shortcut of every downsampling residual block) computed by oneDNN on CPU.
+    TF_ENABLE_ONEDNN_OPTS=0 avoids it; it is read when TensorFlow loads, so grdnet-train sets
+    it before importing TensorFlow and library users must set it in the environment."""
+    if _onednn_enabled() and not tf.config.list_physical_devices("GPU"):
+        raise ValueError(
+            "strategy='multi_worker' on CPU needs TF_ENABLE_ONEDNN_OPTS=0 in the environment "
+            "before TensorFlow is imported (with oneDNN, TensorFlow 2.21 workers crash in the "
+            "gradient all-reduce); grdnet-train sets it for you")
 
 
 def task_info(strategy):

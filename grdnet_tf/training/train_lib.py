@@ -51,6 +51,9 @@ class TrainData:
 def load_train_data(config, data_dir):
     if not data_dir:
         raise ValueError("--data_dir is required (an MVTec-style category folder)")
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"--data_dir={data_dir} does not exist (an MVTec-style "
+                                f"category folder)")
     train_samples, val_samples = mvtec.index_train(
         data_dir, roi_dir=config.data.roi_dir, val_fraction=config.data.val_fraction,
         seed=config.seed)
@@ -208,8 +211,10 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
         model = GRDNet.from_config_dict(config)
         model.build_networks((height, width, config.data.channels))
         model.compile(*make_optimizers(config.optimizer, config.train.mixed_precision))
-        state = ckpt_lib.TrainState()
-        checkpoint = ckpt_lib.training_checkpoint(model, state)
+    # Host-side counters: plain variables (inside the scope they would be MirroredVariables,
+    # which int() and float() reject).
+    state = ckpt_lib.TrainState()
+    checkpoint = ckpt_lib.training_checkpoint(model, state)
     manager = _checkpoint_manager(checkpoint, model_dir, ckpt_lib.CHECKPOINT_DIR, chief,
                                   config.train.keep_checkpoints, task_id)
     best_manager = _checkpoint_manager(checkpoint, model_dir, ckpt_lib.BEST_DIR, chief, 1,
@@ -346,19 +351,18 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
                + (" (best)" if improved else ""))
 
     # Threshold calibration with the best weights on the clean validation normals.
+    # Only the chief calibrates (another worker would read best/ while the chief writes it).
     calibration = None
-    if len(data.val_cache):
-        best = best_manager.latest_checkpoint if chief else None
-        best = best or tf.train.latest_checkpoint(os.path.join(model_dir, ckpt_lib.BEST_DIR))
+    if len(data.val_cache) and chief:
+        best = best_manager.latest_checkpoint
         if best:
             ckpt_lib.inference_checkpoint(model).restore(best).expect_partial()
         calibration = calibrate(model, config, data.val_cache)
         calibration["checkpoint"] = best
-        if chief:
-            ckpt_lib.write_json(os.path.join(model_dir, ckpt_lib.CALIBRATION_JSON), calibration)
+        ckpt_lib.write_json(os.path.join(model_dir, ckpt_lib.CALIBRATION_JSON), calibration)
         log_fn(f"threshold {calibration['threshold']:.4f} = quantile "
                f"{calibration['quantile']} of {calibration['num_images']} validation normals")
-    else:
+    elif chief:
         logging.warning("no validation images: no threshold calibrated; pass --threshold to "
                         "grdnet-eval/grdnet-export")
     for writer in (summaries.train, summaries.validation):
