@@ -41,7 +41,7 @@ model
                     al. 2018) in the residual blocks of the generator, the discriminator and
                     the segmentator's encoder; "none" is the paper's network.
   attention_reduction: reduction ratio r of the attention MLPs (16; hidden width
-                    max(C // r, 4), at most C).
+                    max(C // r, 8), at most C).
 loss (method.md §3)
   w_adv, w_con, w_enc: w1, w2, w3 of L_gan.   w_l1, w_ssim: wa, wb of L_con.
   enc_norm          "l2" or "l1".   w_focal: weight of the segmentator focal loss.

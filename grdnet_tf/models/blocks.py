@@ -5,7 +5,10 @@ Residual Networks"): norm -> activation -> conv, twice, plus a shortcut that is 
 when the shape is unchanged and a 1x1 projection of the pre-activated input otherwise.
 """
 import keras
+import tensorflow as tf
 from keras import layers
+
+from grdnet_tf.models.attention import ATTENTIONS, make_attention
 
 NORMS = ("batch", "group", "instance", "none")
 ACTIVATIONS = ("relu", "leaky_relu")
@@ -42,11 +45,99 @@ def _group_count(channels):
     return 1
 
 
+@keras.saving.register_keras_serializable(package="grdnet_tf")
+class FusedBatchNormalization(layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` computed by one fused TensorFlow kernel.
+
+    Keras 3 builds batch norm from `tf.nn.moments` and `tf.nn.batch_normalization`: about
+    ten elementwise ops and reductions forward and twice that backward, each one a pass
+    over the activation (30% of the op time of a training step on CPU, docs/benchmarks.md).
+    For 4-D float32 channels-last inputs this layer runs `FusedBatchNormV3` (oneDNN on CPU,
+    cuDNN on GPU) and its fused gradient instead. Same formula, same epsilon, same variables
+    and the same moving-average update (with the biased batch variance, as Keras), so
+    checkpoints are interchangeable and outputs differ only by float32 rounding. Every other
+    case (float16/bfloat16 inputs, masks, renorm, synchronized, other axes or ranks) runs
+    the Keras implementation unchanged.
+
+    Args: as `keras.layers.BatchNormalization`.
+    """
+
+    def _fusable(self, inputs, mask):
+        return (mask is None and not self.renorm and not self.synchronized
+                and self.center and self.scale and len(inputs.shape) == 4
+                and self.axis in (-1, 3) and inputs.dtype == tf.float32
+                and self.compute_dtype == "float32" and keras.backend.backend() == "tensorflow")
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        gamma = tf.convert_to_tensor(self.gamma)
+        beta = tf.convert_to_tensor(self.beta)
+        if training and self.trainable:
+            empty = tf.zeros([0], tf.float32)
+            outputs, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+                x=inputs, scale=gamma, offset=beta, mean=empty, variance=empty,
+                epsilon=self.epsilon, exponential_avg_factor=1.0, data_format="NHWC",
+                is_training=True)
+            # The kernel returns the Bessel-corrected variance; Keras averages the biased one.
+            count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], tf.float32)
+            variance = tf.where(count > 1.0, variance * ((count - 1.0) / count), 0.0)
+            self.moving_mean.assign(
+                self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+            self.moving_variance.assign(
+                self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+            return outputs
+        outputs, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=inputs, scale=gamma, offset=beta,
+            mean=tf.convert_to_tensor(self.moving_mean),
+            variance=tf.convert_to_tensor(self.moving_variance), epsilon=self.epsilon,
+            data_format="NHWC", is_training=False)
+        return outputs
+
+
+@keras.saving.register_keras_serializable(package="grdnet_tf")
+class NearestUpsampling2D(layers.Layer):
+    """Nearest-neighbour upsampling of channels-last images by an integer factor.
+
+    The same output as `keras.layers.UpSampling2D(size, interpolation="nearest")`, computed
+    as one broadcast and a free reshape. Keras implements it with two `tf.repeat`, whose
+    gradient transposes the full-resolution activation twice and sums segments; here the
+    gradient is a single reduce-sum over the copies.
+
+    Args:
+        size: integer upsampling factor for height and width (default 2).
+    """
+
+    def __init__(self, size=2, **kwargs):
+        super().__init__(**kwargs)
+        check_positive("size", size)
+        self.size = size
+
+    def call(self, x):
+        dynamic = tf.shape(x)
+        batch, height, width, channels = (
+            x.shape[i] if x.shape[i] is not None else dynamic[i] for i in range(4))
+        s = self.size
+        copies = tf.broadcast_to(x[:, :, tf.newaxis, :, tf.newaxis, :],
+                                 [batch, height, s, width, s, channels])
+        return tf.reshape(copies, [batch, height * s, width * s, channels])
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        return (batch, None if height is None else height * self.size,
+                None if width is None else width * self.size, channels)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(size=self.size)
+        return config
+
+
 def make_norm(kind, channels, name):
     """A normalisation layer by name; 'none' gives an identity layer."""
     check_choice("norm", kind, NORMS)
     if kind == "batch":
-        return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+        return FusedBatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
     if kind == "group":
         return layers.GroupNormalization(groups=_group_count(channels), name=name)
     if kind == "instance":
@@ -71,18 +162,26 @@ class PreActResidualBlock(layers.Layer):
             of the pre-activated input before the first conv and the shortcut).
         norm: "batch", "group", "instance" or "none".
         activation: "relu" or "leaky_relu" (slope 0.2).
+        attention: "none", "se" (Squeeze-and-Excitation) or "cbam", applied to the residual
+            branch before the addition (SE-ResNet / CBAM-ResNet); "none" adds no layer.
+        attention_reduction: reduction ratio of the attention MLP (default 16).
     """
 
-    def __init__(self, filters, resample="none", norm="batch", activation="relu", **kwargs):
+    def __init__(self, filters, resample="none", norm="batch", activation="relu",
+                 attention="none", attention_reduction=16, **kwargs):
         super().__init__(**kwargs)
         check_positive("filters", filters)
         check_choice("resample", resample, ("none", "down", "up"))
         check_choice("norm", norm, NORMS)
         check_choice("activation", activation, ACTIVATIONS)
+        check_choice("attention", attention, ATTENTIONS)
+        check_positive("attention_reduction", attention_reduction)
         self.filters = filters
         self.resample = resample
         self.norm = norm
         self.activation = activation
+        self.attention = attention
+        self.attention_reduction = attention_reduction
 
     def build(self, input_shape):
         in_channels = input_shape[-1]
@@ -95,11 +194,12 @@ class PreActResidualBlock(layers.Layer):
         self.norm2 = make_norm(self.norm, self.filters, "norm2")
         self.act2 = make_activation(self.activation, "act2")
         self.conv2 = layers.Conv2D(self.filters, 3, padding="same", name="conv2")
-        self.upsample = (layers.UpSampling2D(2, interpolation="nearest", name="upsample")
+        self.upsample = (NearestUpsampling2D(2, name="upsample")
                          if self.resample == "up" else None)
         self.needs_projection = self.resample != "none" or in_channels != self.filters
         self.projection = (layers.Conv2D(self.filters, 1, strides=stride, name="projection")
                            if self.needs_projection else None)
+        self.attention_layer = make_attention(self.attention, self.attention_reduction)
 
         shape = tuple(input_shape)
         self.norm1.build(shape)
@@ -110,6 +210,8 @@ class PreActResidualBlock(layers.Layer):
         mid = self.conv1.compute_output_shape(pre)
         self.norm2.build(mid)
         self.conv2.build(mid)
+        if self.attention_layer is not None:
+            self.attention_layer.build(mid)
         if self.projection is not None:
             self.projection.build(pre)
 
@@ -125,6 +227,8 @@ class PreActResidualBlock(layers.Layer):
         h = self.conv1(h)
         h = self.act2(self.norm2(h, training=training))
         h = self.conv2(h)
+        if self.attention_layer is not None:
+            h = self.attention_layer(h)
         return h + shortcut
 
     def compute_output_shape(self, input_shape):
@@ -140,7 +244,8 @@ class PreActResidualBlock(layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(filters=self.filters, resample=self.resample, norm=self.norm,
-                      activation=self.activation)
+                      activation=self.activation, attention=self.attention,
+                      attention_reduction=self.attention_reduction)
         return config
 
 

@@ -10,7 +10,9 @@ Anomaly Detection with Region of Interest Attention Module", 2023, §3.
 import keras
 from keras import layers, ops
 
-from grdnet_tf.models.blocks import (ACTIVATIONS, NORMS, PreActResidualBlock,
+from grdnet_tf.models.attention import ATTENTIONS
+from grdnet_tf.models.blocks import (ACTIVATIONS, NORMS, NearestUpsampling2D,
+                                     PreActResidualBlock,
                                      check_channels, check_choice, check_divisible,
                                      check_positive, make_activation, make_norm,
                                      stage_widths)
@@ -46,19 +48,23 @@ class ResidualEncoder(layers.Layer):
         bottleneck: "conv" (1x1 conv to latent_channels, keeps the spatial grid),
             "dense" (flatten + Dense(latent_dim)) or "none" (return the feature map).
         latent_channels, latent_dim: size of the latent code.
+        attention: "none", "se" or "cbam" in every residual block (see PreActResidualBlock).
+        attention_reduction: reduction ratio of the attention MLPs.
     """
 
     def __init__(self, base_width=32, stages=5, blocks_per_stage=1, max_width=256,
                  norm="batch", activation="relu", bottleneck="conv", latent_channels=32,
-                 latent_dim=2048, **kwargs):
+                 latent_dim=2048, attention="none", attention_reduction=16, **kwargs):
         super().__init__(**kwargs)
         for name, value in (("base_width", base_width), ("stages", stages),
                             ("blocks_per_stage", blocks_per_stage), ("max_width", max_width),
-                            ("latent_channels", latent_channels), ("latent_dim", latent_dim)):
+                            ("latent_channels", latent_channels), ("latent_dim", latent_dim),
+                            ("attention_reduction", attention_reduction)):
             check_positive(name, value)
         check_choice("norm", norm, NORMS)
         check_choice("activation", activation, ACTIVATIONS)
         check_choice("bottleneck", bottleneck, BOTTLENECKS)
+        check_choice("attention", attention, ATTENTIONS)
         self.base_width = base_width
         self.stages = stages
         self.blocks_per_stage = blocks_per_stage
@@ -68,6 +74,8 @@ class ResidualEncoder(layers.Layer):
         self.bottleneck = bottleneck
         self.latent_channels = latent_channels
         self.latent_dim = latent_dim
+        self.attention = attention
+        self.attention_reduction = attention_reduction
 
         self.stem = layers.Conv2D(base_width, 3, padding="same", name="stem")
         self.block_names = []
@@ -75,7 +83,8 @@ class ResidualEncoder(layers.Layer):
             for j in range(blocks_per_stage):
                 track_layer(self, PreActResidualBlock(
                     width, resample="down" if j == 0 else "none", norm=norm,
-                    activation=activation, name=f"stage{i}_block{j}"))
+                    activation=activation, attention=attention,
+                    attention_reduction=attention_reduction, name=f"stage{i}_block{j}"))
         last = stage_widths(base_width, stages, max_width)[-1]
         self.out_norm = make_norm(norm, last, "out_norm")
         self.out_act = make_activation(activation, "out_act")
@@ -104,7 +113,8 @@ class ResidualEncoder(layers.Layer):
         config.update(base_width=self.base_width, stages=self.stages,
                       blocks_per_stage=self.blocks_per_stage, max_width=self.max_width,
                       norm=self.norm, activation=self.activation, bottleneck=self.bottleneck,
-                      latent_channels=self.latent_channels, latent_dim=self.latent_dim)
+                      latent_channels=self.latent_channels, latent_dim=self.latent_dim,
+                      attention=self.attention, attention_reduction=self.attention_reduction)
         return config
 
 
@@ -119,10 +129,13 @@ class ResidualDecoder(layers.Layer):
     """
 
     def __init__(self, channels=3, base_width=32, stages=5, blocks_per_stage=1, max_width=256,
-                 norm="batch", bottleneck="conv", bottom_size=None, **kwargs):
+                 norm="batch", bottleneck="conv", bottom_size=None, attention="none",
+                 attention_reduction=16, **kwargs):
         super().__init__(**kwargs)
         check_channels("channels", channels)
         check_choice("bottleneck", bottleneck, ("conv", "dense"))
+        check_choice("attention", attention, ATTENTIONS)
+        check_positive("attention_reduction", attention_reduction)
         if bottleneck == "dense" and bottom_size is None:
             raise ValueError("bottom_size (the latent grid (height, width)) is required for "
                              "bottleneck='dense'")
@@ -134,6 +147,8 @@ class ResidualDecoder(layers.Layer):
         self.norm = norm
         self.bottleneck = bottleneck
         self.bottom_size = None if bottom_size is None else tuple(bottom_size)
+        self.attention = attention
+        self.attention_reduction = attention_reduction
 
         widths = stage_widths(base_width, stages, max_width)
         if bottleneck == "dense":
@@ -148,6 +163,7 @@ class ResidualDecoder(layers.Layer):
             for j in range(blocks_per_stage):
                 track_layer(self, PreActResidualBlock(
                     width, resample="up" if j == 0 else "none", norm=norm,
+                    attention=attention, attention_reduction=attention_reduction,
                     name=f"stage{i}_block{j}"))
         self.out_norm = make_norm(norm, base_width, "out_norm")
         self.out_act = make_activation("relu", "out_act")
@@ -167,7 +183,8 @@ class ResidualDecoder(layers.Layer):
         config = super().get_config()
         config.update(channels=self.channels, base_width=self.base_width, stages=self.stages,
                       blocks_per_stage=self.blocks_per_stage, max_width=self.max_width,
-                      norm=self.norm, bottleneck=self.bottleneck, bottom_size=self.bottom_size)
+                      norm=self.norm, bottleneck=self.bottleneck, bottom_size=self.bottom_size,
+                      attention=self.attention, attention_reduction=self.attention_reduction)
         return config
 
 
@@ -185,6 +202,8 @@ class Generator(keras.Model):
         latent_channels, latent_dim: latent size for the two bottleneck kinds.
         norm: "batch", "group", "instance" or "none".
         image_size: (height, width), required only for the dense bottleneck.
+        attention: "none", "se" or "cbam" in every residual block of E1, the decoder and E2.
+        attention_reduction: reduction ratio of the attention MLPs (default 16).
 
     Call: images float [B, H, W, channels] in [0, 1] -> (X̂ [B, H, W, channels] float32 in
     [0, 1], z float32, ẑ float32). `reconstruct` runs E1 and the decoder only (inference).
@@ -192,11 +211,13 @@ class Generator(keras.Model):
 
     def __init__(self, channels=3, base_width=32, stages=5, blocks_per_stage=1, max_width=256,
                  bottleneck="conv", latent_channels=32, latent_dim=2048, norm="batch",
-                 image_size=None, **kwargs):
+                 image_size=None, attention="none", attention_reduction=16, **kwargs):
         super().__init__(**kwargs)
         check_channels("channels", channels)
         check_choice("bottleneck", bottleneck, ("conv", "dense"))
         check_choice("norm", norm, NORMS)
+        check_choice("attention", attention, ATTENTIONS)
+        check_positive("attention_reduction", attention_reduction)
         bottom_size = None
         if bottleneck == "dense":
             if image_size is None:
@@ -213,16 +234,20 @@ class Generator(keras.Model):
         self.latent_dim = latent_dim
         self.norm = norm
         self.image_size = None if image_size is None else tuple(image_size)
+        self.attention = attention
+        self.attention_reduction = attention_reduction
 
+        attention_args = dict(attention=attention, attention_reduction=attention_reduction)
         encoder_args = dict(base_width=base_width, stages=stages,
                             blocks_per_stage=blocks_per_stage, max_width=max_width, norm=norm,
                             bottleneck=bottleneck, latent_channels=latent_channels,
-                            latent_dim=latent_dim)
+                            latent_dim=latent_dim, **attention_args)
         self.encoder = ResidualEncoder(name="encoder", **encoder_args)
         self.decoder = ResidualDecoder(channels=channels, base_width=base_width, stages=stages,
                                        blocks_per_stage=blocks_per_stage, max_width=max_width,
                                        norm=norm, bottleneck=bottleneck,
-                                       bottom_size=bottom_size, name="decoder")
+                                       bottom_size=bottom_size, name="decoder",
+                                       **attention_args)
         self.second_encoder = ResidualEncoder(name="second_encoder", **encoder_args)
 
     def _check_input(self, x):
@@ -251,7 +276,8 @@ class Generator(keras.Model):
         config.update(channels=self.channels, base_width=self.base_width, stages=self.stages,
                       blocks_per_stage=self.blocks_per_stage, max_width=self.max_width,
                       bottleneck=self.bottleneck, latent_channels=self.latent_channels,
-                      latent_dim=self.latent_dim, norm=self.norm, image_size=self.image_size)
+                      latent_dim=self.latent_dim, norm=self.norm, image_size=self.image_size,
+                      attention=self.attention, attention_reduction=self.attention_reduction)
         return config
 
 
@@ -264,13 +290,15 @@ class Discriminator(keras.Model):
     Args:
         channels: image channels, 1 or 3.
         base_width, stages, blocks_per_stage, max_width, norm: as the generator's encoder.
+        attention: "none", "se" or "cbam" in every residual block of the encoder.
+        attention_reduction: reduction ratio of the attention MLPs (default 16).
 
     Call: images [B, H, W, channels] -> (features float32 [B, H/2**stages, W/2**stages, C]
     used for feature matching, logit float32 [B, 1]).
     """
 
     def __init__(self, channels=3, base_width=32, stages=5, blocks_per_stage=1, max_width=256,
-                 norm="batch", **kwargs):
+                 norm="batch", attention="none", attention_reduction=16, **kwargs):
         super().__init__(**kwargs)
         check_channels("channels", channels)
         self.channels = channels
@@ -279,10 +307,13 @@ class Discriminator(keras.Model):
         self.blocks_per_stage = blocks_per_stage
         self.max_width = max_width
         self.norm = norm
+        self.attention = attention
+        self.attention_reduction = attention_reduction
         self.encoder = ResidualEncoder(base_width=base_width, stages=stages,
                                        blocks_per_stage=blocks_per_stage, max_width=max_width,
                                        norm=norm, activation="leaky_relu", bottleneck="none",
-                                       name="encoder")
+                                       attention=attention,
+                                       attention_reduction=attention_reduction, name="encoder")
         self.pool = layers.GlobalAveragePooling2D(name="pool")
         self.classifier = layers.Dense(1, dtype="float32", name="logit")
 
@@ -298,7 +329,8 @@ class Discriminator(keras.Model):
         config = super().get_config()
         config.update(channels=self.channels, base_width=self.base_width, stages=self.stages,
                       blocks_per_stage=self.blocks_per_stage, max_width=self.max_width,
-                      norm=self.norm)
+                      norm=self.norm, attention=self.attention,
+                      attention_reduction=self.attention_reduction)
         return config
 
 
@@ -317,30 +349,39 @@ class Segmentator(keras.Model):
         depth: number of downsamplings (input sides divisible by 2**depth).
         max_width: channel cap.
         norm: "batch", "group", "instance" or "none".
+        attention: "none", "se" or "cbam" in the ENCODER blocks (enc0..enc<depth>) only; the
+            decoder blocks stay plain.
+        attention_reduction: reduction ratio of the attention MLPs (default 16).
 
     Call: x [B, H, W, 2*channels] -> A float32 [B, H, W, 1] in [0, 1].
     """
 
     def __init__(self, channels=3, base_width=32, depth=4, max_width=512, norm="batch",
-                 **kwargs):
+                 attention="none", attention_reduction=16, **kwargs):
         super().__init__(**kwargs)
         check_channels("channels", channels)
         check_positive("base_width", base_width)
         check_positive("depth", depth)
         check_choice("norm", norm, NORMS)
+        check_choice("attention", attention, ATTENTIONS)
+        check_positive("attention_reduction", attention_reduction)
         self.channels = channels
         self.base_width = base_width
         self.depth = depth
         self.max_width = max_width
         self.norm = norm
+        self.attention = attention
+        self.attention_reduction = attention_reduction
         widths = [min(base_width * 2 ** i, max_width) for i in range(depth + 1)]
+        attention_args = dict(attention=attention, attention_reduction=attention_reduction)
         self.stem = layers.Conv2D(base_width, 3, padding="same", name="stem")
         self.block_names = []
-        track_layer(self, PreActResidualBlock(widths[0], norm=norm, name="enc0"))
+        track_layer(self, PreActResidualBlock(widths[0], norm=norm, name="enc0",
+                                              **attention_args))
         for i in range(1, depth + 1):
             track_layer(self, PreActResidualBlock(widths[i], resample="down", norm=norm,
-                                                  name=f"enc{i}"))
-        self.upsample = layers.UpSampling2D(2, interpolation="nearest", name="upsample")
+                                                  name=f"enc{i}", **attention_args))
+        self.upsample = NearestUpsampling2D(2, name="upsample")
         self.concat = layers.Concatenate(axis=-1, name="concat")
         for i in reversed(range(depth)):
             track_layer(self, PreActResidualBlock(widths[i], norm=norm, name=f"dec{i}"))
@@ -369,7 +410,8 @@ class Segmentator(keras.Model):
     def get_config(self):
         config = super().get_config()
         config.update(channels=self.channels, base_width=self.base_width, depth=self.depth,
-                      max_width=self.max_width, norm=self.norm)
+                      max_width=self.max_width, norm=self.norm, attention=self.attention,
+                      attention_reduction=self.attention_reduction)
         return config
 
 
@@ -377,16 +419,19 @@ def build_networks(config):
     """The three networks of a config (``model`` and ``data`` sections), unbuilt."""
     m = config.model
     channels = config.data.channels
+    attention_args = dict(attention=m.attention, attention_reduction=m.attention_reduction)
     generator = Generator(channels=channels, base_width=m.base_width, stages=m.stages,
                           blocks_per_stage=m.blocks_per_stage, max_width=m.max_width,
                           bottleneck=m.bottleneck, latent_channels=m.latent_channels,
                           latent_dim=m.latent_dim, norm=m.norm,
                           image_size=tuple(config.data.image_size)
-                          if m.bottleneck == "dense" else None, name="generator")
+                          if m.bottleneck == "dense" else None, name="generator",
+                          **attention_args)
     discriminator = Discriminator(channels=channels, base_width=m.disc_base_width,
                                   stages=m.disc_stages, blocks_per_stage=m.blocks_per_stage,
-                                  max_width=m.max_width, norm=m.norm, name="discriminator")
+                                  max_width=m.max_width, norm=m.norm, name="discriminator",
+                                  **attention_args)
     segmentator = Segmentator(channels=channels, base_width=m.seg_base_width,
                               depth=m.seg_depth, max_width=2 * m.max_width, norm=m.norm,
-                              name="segmentator")
+                              name="segmentator", **attention_args)
     return generator, discriminator, segmentator
