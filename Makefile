@@ -25,3 +25,16 @@ demo: $(STAMP)
 
 clean-demo:
 	rm -rf $(DEMO_DATA) $(DEMO_RUN)
+
+# Benchmarks (bench/README.md, docs/benchmarks.md): each waits up to BENCH_WAIT seconds for a
+# load average below 1.5, prints its JSON result last and writes bench/results/<name>.json.
+BENCH_WAIT ?= 900
+
+.PHONY: bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/flops.py
+	$(BIN)/python bench/ceiling.py --wait_for_load=$(BENCH_WAIT)
+	$(BIN)/python bench/train_step.py --wait_for_load=$(BENCH_WAIT)
+	$(BIN)/python bench/serving.py --wait_for_load=$(BENCH_WAIT)
+	$(BIN)/python bench/pipeline.py

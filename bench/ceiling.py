@@ -1,0 +1,230 @@
+"""Benchmark: this machine's float32 ceiling in TensorFlow (large conv2d and matmul, GFLOP/s).
+
+    .venv/bin/python bench/ceiling.py [--repeats=10] [--no-layer_shapes] [--wait_for_load=0]
+
+The ceiling is what TensorFlow reaches on a large, well-shaped problem right now:
+  conv2d  [8, 128, 128, 128] * [3, 3, 128, 128], NHWC, SAME   38.7 GFLOP per call
+  matmul  [4096, 4096] @ [4096, 4096]                         137.4 GFLOP per call
+timed as tf.functions after one warm-up call, median (and best) over ``--repeats`` calls.
+With ``--layer_shapes`` it also times forward, backprop-input and backprop-filter of typical
+GRD-Net conv shapes (3x3, batch 8), which shows how far small-channel layers fall below
+the ceiling. The other benchmarks import `measure_ceiling` and run it in the same process,
+so every achieved GFLOP/s is compared with a ceiling measured under the same load.
+
+Also the machine helpers every benchmark uses: load average, waiting for a quiet machine,
+peak RSS, writing ``bench/results/<name>.json``. Prints the JSON result as the last line.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import tensorflow as tf
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+RESULTS_DIR = os.path.join(BENCH_DIR, "results")
+FMA_FLOPS_PER_CYCLE = 32   # fp32 per core: 2 x 256-bit FMA pipes (AMD Zen 4; AVX-512 is
+                           # executed as 2 x 256 bit) x 8 lanes x 2 FLOPs
+
+
+# ----------------------------------------------------------------------------- machine state
+
+def load_average():
+    """1-minute load average."""
+    return round(os.getloadavg()[0], 2)
+
+
+def wait_for_load(max_seconds, threshold=1.5, poll_seconds=30, log=print):
+    """Polls the 1-minute load average until it is below `threshold` or `max_seconds` pass.
+
+    Returns {"waited_seconds", "load_average", "quiet"}; `quiet` False means the machine
+    never got below the threshold and the measurement ran anyway.
+    """
+    start = time.monotonic()
+    while True:
+        load = load_average()
+        waited = time.monotonic() - start
+        if load < threshold:
+            return {"waited_seconds": round(waited), "load_average": load, "quiet": True}
+        if waited >= max_seconds:
+            if max_seconds:
+                log(f"load average still {load} >= {threshold} after {waited:.0f} s: "
+                    f"measuring anyway")
+            return {"waited_seconds": round(waited), "load_average": load, "quiet": False}
+        log(f"load average {load} >= {threshold}: waiting ({waited:.0f}/{max_seconds} s)")
+        time.sleep(poll_seconds)
+
+
+def reset_peak_rss():
+    """Resets the kernel's peak-RSS counter of this process (VmHWM); False if not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb():
+    """Peak resident set size of this process since start or the last reset_peak_rss."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def cpu_info():
+    """Model name, core count, current MHz and the nominal fp32 FMA peak in GFLOP/s."""
+    model, mhz = "", []
+    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+        for line in f:
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("cpu MHz"):
+                mhz.append(float(line.split(":", 1)[1]))
+    cores = os.cpu_count()
+    mean_mhz = statistics.mean(mhz) if mhz else 0.0
+    return {"cpu": model, "cores": cores, "mhz": round(mean_mhz),
+            "nominal_fma_peak_gflops": round(cores * mean_mhz * 1e-3 * FMA_FLOPS_PER_CYCLE, 1)}
+
+
+def write_result(name, result):
+    """Writes bench/results/<name>.json atomically and prints the result as one JSON line."""
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, f"{name}.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+    os.replace(path + ".tmp", path)
+    print(json.dumps(result), flush=True)
+
+
+class Timing:
+    """Wall and process CPU seconds of each timed call.
+
+    CPU seconds (all threads of this process) are much less sensitive than wall seconds to
+    other jobs on a shared machine: GFLOP per CPU-second is the load-robust companion of
+    GFLOP/s (it also counts the thread pool's spin-waiting, so it is a lower bound).
+    """
+
+    def __init__(self):
+        self.wall, self.cpu = [], []
+
+    @property
+    def median_wall(self):
+        return statistics.median(self.wall)
+
+    @property
+    def median_cpu(self):
+        return statistics.median(self.cpu)
+
+
+def timed_calls(fn, repeats, warmup=1):
+    """Times `repeats` synchronous calls of `fn` after `warmup` calls; returns a Timing."""
+    for _ in range(warmup):
+        fn()
+    timing = Timing()
+    for _ in range(repeats):
+        cpu, wall = time.process_time(), time.perf_counter()
+        fn()
+        timing.wall.append(time.perf_counter() - wall)
+        timing.cpu.append(time.process_time() - cpu)
+    return timing
+
+
+# ----------------------------------------------------------------------------- the ceiling
+
+def _conv_case(batch, size, c_in, c_out, kernel=3, stride=1, seed=0):
+    gen = tf.random.Generator.from_seed(seed)
+    x = gen.normal((batch, size, size, c_in))
+    w = gen.normal((kernel, kernel, c_in, c_out)) * 0.05
+    out_size = size // stride
+    dy = gen.normal((batch, out_size, out_size, c_out))
+    flops = 2 * batch * out_size * out_size * kernel * kernel * c_in * c_out
+    strides = [1, stride, stride, 1]
+    forward = tf.function(lambda: tf.nn.conv2d(x, w, strides, "SAME"))
+    backprop_input = tf.function(lambda: tf.raw_ops.Conv2DBackpropInput(
+        input_sizes=tf.shape(x), filter=w, out_backprop=dy, strides=strides,
+        padding="SAME"))
+    backprop_filter = tf.function(lambda: tf.raw_ops.Conv2DBackpropFilter(
+        input=x, filter_sizes=tf.shape(w), out_backprop=dy, strides=strides,
+        padding="SAME"))
+    return flops, {"forward": forward, "backprop_input": backprop_input,
+                   "backprop_filter": backprop_filter}
+
+
+def _rate(flops, timing):
+    return {"gflops_median": round(flops / timing.median_wall / 1e9, 1),
+            "gflops_best": round(flops / min(timing.wall) / 1e9, 1),
+            "gflop_per_cpu_second": round(flops / timing.median_cpu / 1e9, 1),
+            "ms_median": round(1e3 * timing.median_wall, 2)}
+
+
+def measure_ceiling(repeats=10):
+    """Large float32 conv2d and matmul in TensorFlow: {"conv2d": {...}, "matmul": {...}}.
+
+    "gflops_median" of conv2d is the ceiling the other benchmarks divide by.
+    """
+    flops, fns = _conv_case(8, 128, 128, 128)
+    conv = {"shape": "[8,128,128,128] * [3,3,128,128]", "gflop": round(flops / 1e9, 2),
+            **_rate(flops, timed_calls(fns["forward"], repeats))}
+    n = 4096
+    gen = tf.random.Generator.from_seed(1)
+    a, b = gen.normal((n, n)), gen.normal((n, n))
+    matmul_fn = tf.function(lambda: tf.linalg.matmul(a, b))
+    mm_flops = 2 * n ** 3
+    matmul = {"shape": f"[{n},{n}] @ [{n},{n}]", "gflop": round(mm_flops / 1e9, 2),
+              **_rate(mm_flops, timed_calls(matmul_fn,
+                                            max(3, repeats // 2)))}
+    return {"conv2d": conv, "matmul": matmul, "load_average": load_average()}
+
+
+# Representative 3x3 convolutions of the paper-size networks (batch 8): (name, size, c_in,
+# c_out, stride).
+LAYER_SHAPES = (
+    ("seg full-res 64->32 @256", 256, 64, 32, 1),
+    ("gen/seg full-res 32->32 @256", 256, 32, 32, 1),
+    ("down 32->32 stride 2 @256", 256, 32, 32, 2),
+    ("64->64 @128 (seg)", 128, 64, 64, 1),
+    ("128->128 @64", 64, 128, 128, 1),
+    ("256->256 @16", 16, 256, 256, 1),
+)
+
+
+def measure_layer_shapes(repeats=5):
+    rows = []
+    for name, size, c_in, c_out, stride in LAYER_SHAPES:
+        flops, fns = _conv_case(8, size, c_in, c_out, stride=stride)
+        row = {"layer": name, "gflop": round(flops / 1e9, 3)}
+        for kind, fn in fns.items():
+            row[kind + "_gflops"] = _rate(flops, timed_calls(fn,
+                                                             repeats))["gflops_median"]
+        rows.append(row)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--layer_shapes", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--wait_for_load", type=float, default=0,
+                        help="seconds to wait at most for a load average below 1.5")
+    args = parser.parse_args()
+    waited = wait_for_load(args.wait_for_load, log=lambda m: print(m, file=sys.stderr))
+    result = {"benchmark": "ceiling", **cpu_info(), "load_average_start": load_average(),
+              "waited_for_load": waited, "tf_version": tf.__version__,
+              "ceiling": measure_ceiling(args.repeats)}
+    if args.layer_shapes:
+        result["layer_shapes"] = measure_layer_shapes()
+    result["load_average_end"] = load_average()
+    write_result("ceiling", result)
+
+
+if __name__ == "__main__":
+    main()

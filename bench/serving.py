@@ -1,0 +1,291 @@
+"""Benchmark: the exported SavedModel's `serving_default` (latency, throughput, FLOP rate).
+
+    .venv/bin/python bench/serving.py [--config=paper] [--calls=30] [--batches=8,32]
+        [--xla] [--profile] [--wait_for_load=0]
+
+1. Builds a run directory with the paper architecture (configs/paper.py, 256x256) and
+   random weights (speed does not depend on the weights): config.json, a training
+   checkpoint, calibration.json, like tests/helpers_run.make_tiny_run; exports it with
+   `grdnet_tf.serving.export_lib.export_run` into a temporary folder.
+2. Inspects the SavedModel: variables saved, op types of the `serving_default` function
+   closure, training-only ops (variable assignments, batch norm in training mode), float64.
+3. Loads it with `tf.saved_model.load` (what a server does) and times `serving_default`
+   on uint8 [B, 256, 256, 3]: batch 1 latency (median and p95 of ``--calls`` calls after
+   warm-up, ms per image) and throughput at each of ``--batches``.
+4. Retracing: the exporter's tf.function is called at batch 1, 8 and 32 and two image sizes;
+   its tracing count must stay 1 (the signature has None dimensions). The loaded signature
+   is one ConcreteFunction.
+5. (--xla) the same scoring as an in-process tf.function with and without jit_compile
+   (the model part only when the full scoring graph cannot be compiled).
+6. FLOPs per image (bench/flops.py on the in-process scoring at a static shape) give the
+   achieved GFLOP/s, compared with the conv ceiling measured in the same process.
+
+The JSON result is the last line of stdout and bench/results/serving.json.
+"""
+import argparse
+import collections
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, BENCH_DIR)
+sys.path.insert(0, os.path.dirname(BENCH_DIR))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
+
+import ceiling  # noqa: E402
+import flops  # noqa: E402
+from grdnet_tf import config as config_lib  # noqa: E402
+from grdnet_tf import scoring  # noqa: E402
+from grdnet_tf.serving import export_lib  # noqa: E402
+from grdnet_tf.training import checkpoints  # noqa: E402
+from train_step import profile_steps  # noqa: E402
+
+TRAINING_ONLY_OPS = ("AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp",
+                     "ResourceApplyAdam", "FusedBatchNormGradV3", "Conv2DBackpropInput",
+                     "Conv2DBackpropFilter")
+
+
+def make_run(config, model_dir, seed=0, threshold=0.5):
+    """A run directory with random weights (config.json, checkpoints/, calibration.json)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = flops.build_model(config)
+    config_lib.write_run_config(config, model_dir)
+    state = checkpoints.TrainState()
+    manager = tf.train.CheckpointManager(checkpoints.training_checkpoint(model, state),
+                                         os.path.join(model_dir, checkpoints.CHECKPOINT_DIR),
+                                         max_to_keep=1)
+    manager.save()
+    checkpoints.write_json(os.path.join(model_dir, checkpoints.CALIBRATION_JSON),
+                           {"threshold": threshold, "quantile": 0.99, "num_images": 0})
+    return model
+
+
+def _called_functions(node_defs):
+    for node in node_defs:
+        for value in node.attr.values():
+            if value.HasField("func"):
+                yield value.func.name
+            for func in value.list.func:
+                yield func.name
+
+
+def inspect_saved_model(version_dir, signature="serving_default"):
+    """Op types of one signature's function closure, variables, training ops, float64."""
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(version_dir, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    meta = proto.meta_graphs[0]
+    library = {f.signature.name: f for f in meta.graph_def.library.function}
+    outputs = {t.name.split(":")[0] for t in meta.signature_def[signature].outputs.values()}
+    nodes = {n.name: n for n in meta.graph_def.node}
+    todo = list(_called_functions(nodes[n] for n in outputs if n in nodes))
+    seen, op_types = set(), collections.Counter()
+    doubles = []
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in library:
+            continue
+        seen.add(name)
+        function = library[name]
+        for node in function.node_def:
+            op_types[node.op] += 1
+            if any(v.type == tf.float64.as_datatype_enum for v in node.attr.values()):
+                doubles.append(f"{name}/{node.name}")
+            if node.op.startswith("FusedBatchNorm") and node.attr["is_training"].b:
+                op_types["FusedBatchNorm(is_training=True)"] += 1
+        todo.extend(_called_functions(function.node_def))
+    variables_dir = os.path.join(version_dir, "variables")
+    reader = tf.train.load_checkpoint(os.path.join(variables_dir, "variables"))
+    shapes = {k: v for k, v in reader.get_variable_to_shape_map().items()
+              if k.endswith("VARIABLE_VALUE")}
+    return {
+        "functions_in_signature": len(seen),
+        "ops_in_signature": sum(op_types.values()),
+        "op_types": dict(op_types.most_common(25)),
+        "training_only_ops": {k: op_types[k] for k in TRAINING_ONLY_OPS
+                              + ("FusedBatchNorm(is_training=True)",) if op_types[k]},
+        "float64_nodes": doubles[:10],
+        "saved_variables": len(shapes),
+        "saved_parameters": int(sum(np.prod(s) for s in shapes.values())),
+        "variables_mb": round(sum(os.path.getsize(os.path.join(variables_dir, f))
+                                  for f in os.listdir(variables_dir)) / 2 ** 20, 1),
+        "has_discriminator_or_second_encoder": any(
+            "discriminator" in k or "second_encoder" in k for k in shapes),
+    }
+
+
+def random_images(batch, size, seed=0):
+    rng = np.random.default_rng(seed)
+    return tf.constant(rng.integers(0, 256, (batch, size[0], size[1], 3), dtype=np.uint8))
+
+
+def latency(fn, images, calls, warmup=3):
+    """ms per call: median and p95 over `calls` calls after `warmup`."""
+    timing = ceiling.timed_calls(lambda: fn(images=images), calls, warmup=warmup)
+    ms = sorted(1e3 * s for s in timing.wall)
+    p95 = ms[min(len(ms) - 1, int(np.ceil(0.95 * len(ms))) - 1)]
+    return {"ms_median": round(statistics.median(ms), 1), "ms_p95": round(p95, 1),
+            "cpu_ms_median": round(1e3 * timing.median_cpu, 1), "calls": calls}
+
+
+def throughput(fn, images, calls, warmup=1):
+    timing = ceiling.timed_calls(lambda: fn(images=images), calls, warmup=warmup)
+    batch = int(images.shape[0])
+    return {"images_per_second": round(batch / timing.median_wall, 2),
+            "ms_per_image": round(1e3 * timing.median_wall / batch, 1),
+            "cpu_ms_per_image": round(1e3 * timing.median_cpu / batch, 1), "calls": calls}
+
+
+def xla_comparison(model, config, batches, calls):
+    """In-process scoring with and without jit_compile, per batch size (ms per image)."""
+    size, channels = tuple(config.data.image_size), config.data.channels
+    kernel = config.scoring.smoothing_kernel
+
+    def full(images):
+        return scoring.score_images(model, images, size, channels, kernel, 0.5)
+
+    def core(images):  # the networks only: float [B, H, W, C] at the model size
+        return model(images, training=False)
+
+    out = {}
+    for part, fn, make in (
+            ("full_scoring", full, lambda b: random_images(b, size)),
+            ("networks_only", core,
+             lambda b: tf.cast(random_images(b, size), tf.float32) / 255.0)):
+        rows = {}
+        for jit in (False, True):
+            compiled = tf.function(fn, jit_compile=jit)
+            for batch in batches:
+                images = make(batch)
+                try:
+                    start = time.perf_counter()
+                    compiled(images)
+                    first = time.perf_counter() - start
+                    timing = ceiling.timed_calls(lambda: compiled(images), calls, warmup=1)
+                except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
+                    rows[f"xla={jit}"] = {"error": str(e).splitlines()[0][:200]}
+                    break
+                rows.setdefault(f"xla={jit}", {})[f"batch{batch}"] = {
+                    "ms_per_image": round(1e3 * timing.median_wall / batch, 1),
+                    "cpu_ms_per_image": round(1e3 * timing.median_cpu / batch, 1),
+                    "first_call_seconds": round(first, 1)}
+        out[part] = rows
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="paper")
+    parser.add_argument("--calls", type=int, default=30, help="batch-1 latency calls")
+    parser.add_argument("--batches", default="8,32", help="throughput batch sizes")
+    parser.add_argument("--throughput_calls", type=int, default=5)
+    parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--ceiling_repeats", type=int, default=10)
+    parser.add_argument("--wait_for_load", type=float, default=0,
+                        help="seconds to wait at most for a load average below 1.5")
+    args = parser.parse_args()
+
+    def log(message):
+        print(f"{time.strftime('%H:%M:%S')} load {ceiling.load_average()}: {message}",
+              file=sys.stderr, flush=True)
+
+    waited = ceiling.wait_for_load(args.wait_for_load, log=log)
+    config = flops.load_config(args.config)
+    size = tuple(config.data.image_size)
+    batches = [int(b) for b in args.batches.split(",")]
+    result = {"benchmark": "serving", "config": args.config, "image_size": list(size),
+              **ceiling.cpu_info(), "tf_version": tf.__version__, "waited_for_load": waited,
+              "load_average": ceiling.load_average()}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log("building and exporting a run with random weights")
+        model = make_run(config, os.path.join(tmp, "run"))
+        start = time.perf_counter()
+        version_dir = export_lib.export_run(os.path.join(tmp, "run"), os.path.join(tmp, "export"))
+        result["export_seconds"] = round(time.perf_counter() - start, 1)
+        result["saved_model"] = inspect_saved_model(version_dir)
+        result["saved_model"]["inference_parameters_in_process"] = int(sum(
+            net.count_params() for net in (model.generator.encoder, model.generator.decoder,
+                                           model.segmentator)))
+
+        log("FLOP count (in-process scoring, static shape)")
+        loaded_run = checkpoints.load_for_inference(os.path.join(tmp, "run"))
+        image_spec = tf.TensorSpec((1, *size, 3), tf.uint8)
+        counted = flops.count_function(
+            lambda images: scoring.score_images(
+                loaded_run.model, images, size, config.data.channels,
+                config.scoring.smoothing_kernel, 0.5), image_spec)
+        gflop = counted.model / 1e9
+        result["flops_per_image"] = {"model_gflop": round(gflop, 3),
+                                     "other_gflop": round(counted.other / 1e9, 3)}
+
+        log("ceiling (before)")
+        ceil_before = ceiling.measure_ceiling(args.ceiling_repeats)
+
+        log("loading the SavedModel")
+        start = time.perf_counter()
+        loaded = tf.saved_model.load(version_dir)
+        fn = loaded.signatures["serving_default"]
+        result["load_seconds"] = round(time.perf_counter() - start, 1)
+        start = time.perf_counter()
+        fn(images=random_images(1, size))
+        result["first_call_seconds"] = round(time.perf_counter() - start, 2)
+
+        log(f"batch 1 latency ({args.calls} calls)")
+        result["batch1"] = latency(fn, random_images(1, size), args.calls)
+        result["batch1"]["achieved_gflops"] = round(gflop / result["batch1"]["ms_median"] * 1e3,
+                                                    1)
+        for batch in batches:
+            log(f"batch {batch} throughput")
+            row = throughput(fn, random_images(batch, size), args.throughput_calls)
+            row["achieved_gflops"] = round(gflop * row["images_per_second"], 1)
+            result[f"batch{batch}"] = row
+        result["load_average_timing"] = ceiling.load_average()
+
+        log("ceiling (after)")
+        ceil_after = ceiling.measure_ceiling(args.ceiling_repeats)
+        conv_ceiling = statistics.mean([ceil_before["conv2d"]["gflops_median"],
+                                        ceil_after["conv2d"]["gflops_median"]])
+        result["ceiling_conv2d_gflops"] = round(conv_ceiling, 1)
+        for key in ["batch1"] + [f"batch{b}" for b in batches]:
+            result[key]["ratio_to_conv_ceiling"] = round(
+                result[key]["achieved_gflops"] / conv_ceiling, 3)
+        result["ceiling_before"], result["ceiling_after"] = ceil_before, ceil_after
+
+        log("retracing check")
+        serve = export_lib.serving_functions(loaded_run.model, size, config.data.channels,
+                                             config.scoring.smoothing_kernel,
+                                             0.5)["serving_default"]
+        for batch, shape in ((1, size), (1, size), (8, size), (32, size), (1, (300, 400)),
+                             (3, (300, 400)), (1, size)):
+            serve(random_images(batch, shape))
+        result["retracing"] = {
+            "exporter_tracing_count_after_7_calls": serve.experimental_get_tracing_count(),
+            "loaded_signature_is_concrete_function": isinstance(
+                fn, tf.types.experimental.ConcreteFunction),
+            "loaded_signatures": sorted(loaded.signatures.keys())}
+
+        if args.profile:
+            log("profile (batch 8, 2 calls)")
+            images8 = random_images(8, size)
+            result["profile_batch8"] = profile_steps(lambda b: fn(images=b), images8,
+                                                     "serving_batch8")
+        if args.xla:
+            log("XLA comparison (in-process)")
+            result["xla"] = xla_comparison(loaded_run.model, config, [1, 8], 5)
+    result["peak_rss_mb"] = ceiling.peak_rss_mb()
+    result["load_average_end"] = ceiling.load_average()
+    ceiling.write_result("serving", result)
+
+
+if __name__ == "__main__":
+    main()
