@@ -35,15 +35,8 @@ def make_model(seed=0, mixed_precision=False, **loss):
 
 def make_batch(seed=0, batch=2, size=32):
     """X, X_n (X with a random patch inside M), M and an ROI that cuts M."""
-    rng = np.random.default_rng(seed)
-    image = rng.random((batch, size, size, 3), dtype=np.float32)
-    mask = np.zeros((batch, size, size, 1), np.float32)
-    mask[:, 6:18, 10:26] = 1
-    roi = np.zeros_like(mask)
-    roi[:, 4:28, 4:22] = 1
-    perturbed = np.where(mask > 0, rng.random(image.shape, dtype=np.float32), image)
-    return {keys.IMAGE: tf.constant(image), keys.PERTURBED: tf.constant(perturbed),
-            keys.MASK: tf.constant(mask), keys.ROI: tf.constant(roi)}
+    from dist_worker import fixed_batch  # one definition, shared with the worker script
+    return fixed_batch(batch=batch, size=size, seed=seed)
 
 
 def networks_of(model):
