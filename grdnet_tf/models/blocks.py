@@ -95,44 +95,6 @@ class FusedBatchNormalization(layers.BatchNormalization):
         return outputs
 
 
-@keras.saving.register_keras_serializable(package="grdnet_tf")
-class NearestUpsampling2D(layers.Layer):
-    """Nearest-neighbour upsampling of channels-last images by an integer factor.
-
-    The same output as `keras.layers.UpSampling2D(size, interpolation="nearest")`, computed
-    as one broadcast and a free reshape. Keras implements it with two `tf.repeat`, whose
-    gradient transposes the full-resolution activation twice and sums segments; here the
-    gradient is a single reduce-sum over the copies.
-
-    Args:
-        size: integer upsampling factor for height and width (default 2).
-    """
-
-    def __init__(self, size=2, **kwargs):
-        super().__init__(**kwargs)
-        check_positive("size", size)
-        self.size = size
-
-    def call(self, x):
-        dynamic = tf.shape(x)
-        batch, height, width, channels = (
-            x.shape[i] if x.shape[i] is not None else dynamic[i] for i in range(4))
-        s = self.size
-        copies = tf.broadcast_to(x[:, :, tf.newaxis, :, tf.newaxis, :],
-                                 [batch, height, s, width, s, channels])
-        return tf.reshape(copies, [batch, height * s, width * s, channels])
-
-    def compute_output_shape(self, input_shape):
-        batch, height, width, channels = input_shape
-        return (batch, None if height is None else height * self.size,
-                None if width is None else width * self.size, channels)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(size=self.size)
-        return config
-
-
 def make_norm(kind, channels, name):
     """A normalisation layer by name; 'none' gives an identity layer."""
     check_choice("norm", kind, NORMS)
@@ -194,7 +156,7 @@ class PreActResidualBlock(layers.Layer):
         self.norm2 = make_norm(self.norm, self.filters, "norm2")
         self.act2 = make_activation(self.activation, "act2")
         self.conv2 = layers.Conv2D(self.filters, 3, padding="same", name="conv2")
-        self.upsample = (NearestUpsampling2D(2, name="upsample")
+        self.upsample = (layers.UpSampling2D(2, interpolation="nearest", name="upsample")
                          if self.resample == "up" else None)
         self.needs_projection = self.resample != "none" or in_channels != self.filters
         self.projection = (layers.Conv2D(self.filters, 1, strides=stride, name="projection")

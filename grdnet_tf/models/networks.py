@@ -11,8 +11,7 @@ import keras
 from keras import layers, ops
 
 from grdnet_tf.models.attention import ATTENTIONS
-from grdnet_tf.models.blocks import (ACTIVATIONS, NORMS, NearestUpsampling2D,
-                                     PreActResidualBlock,
+from grdnet_tf.models.blocks import (ACTIVATIONS, NORMS, PreActResidualBlock,
                                      check_channels, check_choice, check_divisible,
                                      check_positive, make_activation, make_norm,
                                      stage_widths)
@@ -381,7 +380,7 @@ class Segmentator(keras.Model):
         for i in range(1, depth + 1):
             track_layer(self, PreActResidualBlock(widths[i], resample="down", norm=norm,
                                                   name=f"enc{i}", **attention_args))
-        self.upsample = NearestUpsampling2D(2, name="upsample")
+        self.upsample = layers.UpSampling2D(2, interpolation="nearest", name="upsample")
         self.concat = layers.Concatenate(axis=-1, name="concat")
         for i in reversed(range(depth)):
             track_layer(self, PreActResidualBlock(widths[i], norm=norm, name=f"dec{i}"))
