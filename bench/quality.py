@@ -3,6 +3,7 @@
   .venv/bin/python bench/quality.py demo            # demo data, configs/demo.py, ROI on
   .venv/bin/python bench/quality.py demo_no_roi     # the same with whole-image ROIs
   .venv/bin/python bench/quality.py tire            # ../shared/data/mvtec3d_tire, cpu_small
+  .venv/bin/python bench/quality.py demo_small      # demo data with cpu_small (128 px)
 
 Each run trains from scratch into runs/quality_<name>/ (deleted first), evaluates the test
 split with grdnet-eval's library function, and writes bench/results/quality_<name>.json
@@ -28,6 +29,11 @@ from grdnet_tf import config as config_lib  # noqa: E402
 SETTINGS = {
     "demo": dict(config="demo.py", data="demo", overrides={"train.eval_every_epochs": 10}),
     "demo_no_roi": dict(config="demo.py", data="demo", overrides={"data.use_roi": False}),
+    # The attention ablation's demo setting: configs/cpu_small.py (128 px, the demo images'
+    # own size) with the demo config's learning rate and 60 epochs.
+    "demo_small": dict(config="cpu_small.py", data="demo",
+                       overrides={"optimizer.learning_rate": 1e-3, "train.epochs": 60,
+                                  "train.eval_every_epochs": 10}),
     "tire": dict(config="cpu_small.py", data=os.path.join(os.path.dirname(REPO), "shared",
                                                            "data", "mvtec3d_tire"),
                  overrides={"train.eval_every_epochs": 2}),
@@ -41,6 +47,18 @@ def _parse_value(text):
         except ValueError:
             pass
     return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _parameter_counts(config):
+    """Trainable + non-trainable parameters of each network of a config."""
+    from grdnet_tf.models.grdnet import GRDNet
+
+    model = GRDNet.from_config_dict(config)
+    model.build_networks((*config.data.image_size, config.data.channels))
+    counts = {net.name: net.count_params()
+              for net in (model.generator, model.discriminator, model.segmentator)}
+    counts["total"] = sum(counts.values())
+    return counts
 
 
 def main(argv):
@@ -80,6 +98,7 @@ def main(argv):
     summary = train_lib.train(config, data_dir, run_dir)
     train_minutes = (time.perf_counter() - start) / 60
     metrics = eval_lib.evaluate(run_dir, data_dir, os.path.join(run_dir, "eval"))
+    parameters = _parameter_counts(config)
     with open(os.path.join(run_dir, "history.json")) as f:
         history = json.load(f)
     logged = [h for h in history if h.get("test_image_auroc") is not None]
@@ -93,6 +112,9 @@ def main(argv):
         "benchmark": f"quality_{run_name}", "config": setting["config"], "overrides": overrides,
         "data_dir": data_dir, "epochs": summary["epochs"], "steps": summary["steps"],
         "train_minutes": round(train_minutes, 2), "load_avg_1min": os.getloadavg()[0],
+        "run_images_per_second": round(  # whole run: validation, checkpoints, logged evals
+            summary["steps"] * config.train.batch_size / (60 * train_minutes), 2),
+        "parameters": parameters,
         "image_auroc": metrics["image_auroc"], "pixel_auroc": metrics["pixel_auroc"],
         "aupro": metrics["aupro"], "image_f1_max": metrics["image_f1_max"],
         "pixel_auroc_roi": metrics.get("pixel_auroc_roi"),

@@ -17,6 +17,8 @@
    is one ConcreteFunction.
 5. (--xla) the same scoring as an in-process tf.function with and without jit_compile
    (the model part only when the full scoring graph cannot be compiled).
+   (--before_after) the same run exported with keras.layers.BatchNormalization (before
+   grdnet_tf's fused batch norm), old and new signatures called alternately.
 6. FLOPs per image (bench/flops.py on the in-process scoring at a static shape) give the
    achieved GFLOP/s, compared with the conv ceiling measured in the same process.
 
@@ -44,7 +46,7 @@ from grdnet_tf import config as config_lib  # noqa: E402
 from grdnet_tf import scoring  # noqa: E402
 from grdnet_tf.serving import export_lib  # noqa: E402
 from grdnet_tf.training import checkpoints  # noqa: E402
-from train_step import profile_steps  # noqa: E402
+from train_step import keras_batchnorm, profile_steps  # noqa: E402
 
 TRAINING_ONLY_OPS = ("AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp",
                      "ResourceApplyAdam", "FusedBatchNormGradV3", "Conv2DBackpropInput",
@@ -181,6 +183,38 @@ def xla_comparison(model, config, batches, calls):
     return out
 
 
+def before_after(config, tmp, new_fn, size, rounds):
+    """serving_default of the same run exported with keras.layers.BatchNormalization.
+
+    The old and new signatures are called alternately (same load); medians, ms per image.
+    """
+    with keras_batchnorm():
+        make_run(config, os.path.join(tmp, "run_keras_bn"))
+        version_dir = export_lib.export_run(os.path.join(tmp, "run_keras_bn"),
+                                            os.path.join(tmp, "export_keras_bn"))
+    old_fn = tf.saved_model.load(version_dir).signatures["serving_default"]
+    out = {"old": "keras.layers.BatchNormalization", "rounds": rounds,
+           "old_saved_model_op_types": {
+               k: v for k, v in inspect_saved_model(version_dir)["op_types"].items()
+               if k in ("FusedBatchNormV3", "Mul", "AddV2", "Rsqrt", "Sub")}}
+    for batch in (1, 8):
+        images = random_images(batch, size)
+        old_fn(images=images), new_fn(images=images)
+        old_timing, new_timing = ceiling.Timing(), ceiling.Timing()
+        for _ in range(rounds):
+            for fn, timing in ((old_fn, old_timing), (new_fn, new_timing)):
+                one = ceiling.timed_calls(lambda f=fn: f(images=images), 1, warmup=0)
+                timing.wall += one.wall
+                timing.cpu += one.cpu
+        out[f"batch{batch}"] = {
+            "old_ms_per_image": round(1e3 * old_timing.median_wall / batch, 1),
+            "new_ms_per_image": round(1e3 * new_timing.median_wall / batch, 1),
+            "speedup_wall": round(old_timing.median_wall / new_timing.median_wall, 3),
+            "speedup_cpu": round(old_timing.median_cpu / new_timing.median_cpu, 3)}
+    out["load_average"] = ceiling.load_average()
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="paper")
@@ -189,6 +223,8 @@ def main():
     parser.add_argument("--throughput_calls", type=int, default=5)
     parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--before_after", action=argparse.BooleanOptionalAction,
+                        default=True, help="compare with an export using Keras batch norm")
     parser.add_argument("--ceiling_repeats", type=int, default=10)
     parser.add_argument("--wait_for_load", type=float, default=0,
                         help="seconds to wait at most for a load average below 1.5")
@@ -279,6 +315,9 @@ def main():
             images8 = random_images(8, size)
             result["profile_batch8"] = profile_steps(lambda b: fn(images=b), images8,
                                                      "serving_batch8")
+        if args.before_after:
+            log("before/after: export with Keras batch norm")
+            result["before_after"] = before_after(config, tmp, fn, size, 10)
         if args.xla:
             log("XLA comparison (in-process)")
             result["xla"] = xla_comparison(loaded_run.model, config, [1, 8], 5)

@@ -3,7 +3,7 @@ segmentator updates), its FLOP rate against the machine's ceiling, and where the
 
     .venv/bin/python bench/train_step.py [--configs=paper,cpu_small] [--batch_size=8]
         [--warmup=3] [--steps=10] [--no-split] [--no-profile] [--no-before_after]
-        [--no-xla] [--wait_for_load=0]
+        [--no-xla] [--wait_for_load=0] [--set=model.attention=se ...]
 
 Per config (configs/paper.py: 256x256; configs/cpu_small.py: 128x128), batch 8, float32,
 random data already in memory (the input pipeline is benchmarked in bench/pipeline.py),
@@ -22,9 +22,10 @@ each config in its own process:
             shared forward (generator + discriminator on X and X̂ + losses) is the rest.
   profile   TF profiler trace of 2 steps: top ops by self time, time per op category, conv
             GFLOP/s per kernel kind; the trace goes to bench/results/profile_<config>/.
-  before_after  the step with keras.layers.BatchNormalization (before the fused batch norm
-            of grdnet_tf/models/blocks.py): loss and gradient differences from identical
-            weights, and old/new steps interleaved for speed.
+  before_after  one row per optimisation of grdnet_tf/models/blocks.py: the step built with
+            the Keras layer used before it (keras.layers.BatchNormalization instead of
+            FusedBatchNormalization): loss and gradient differences from identical weights,
+            and old/new steps interleaved (same load) for speed.
   xla       the same step with jit_compile=True: compile time and median step time.
   memory    peak RSS after the timed steps (model + step) and for the whole run.
 
@@ -67,6 +68,8 @@ def parse_args():
     parser.add_argument("--intra_op", type=int, default=0, help="0 = TensorFlow default")
     parser.add_argument("--wait_for_load", type=float, default=0,
                         help="seconds to wait at most for a load average below 1.5")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. --set=model.attention=se (repeatable)")
     parser.add_argument("--name", default="train_step", help="bench/results/<name>.json")
     return parser.parse_args()
 
@@ -114,12 +117,24 @@ def step_without(model, skip):
     return step
 
 
+OLD_LAYERS = {
+    "batchnorm": "keras.layers.BatchNormalization (tf.nn.moments + tf.nn.batch_normalization)",
+}
+
+
 @contextlib.contextmanager
-def keras_batchnorm():
-    """Networks built inside use keras.layers.BatchNormalization (tf.nn.moments +
-    tf.nn.batch_normalization), the layer grdnet_tf used before FusedBatchNormalization."""
+def old_layers(kinds=("batchnorm",)):
+    """Networks built inside use the Keras layers grdnet_tf used before its own ones.
+
+    kinds: "batchnorm" (keras.layers.BatchNormalization instead of FusedBatchNormalization).
+    (A broadcast nearest-upsampling layer was measured the same way and removed: it was not
+    faster than keras.layers.UpSampling2D; docs/benchmarks.md.)
+    """
     from grdnet_tf.models import blocks, networks
 
+    unknown = set(kinds) - set(OLD_LAYERS)
+    if unknown:
+        raise ValueError(f"unknown old layer kinds {sorted(unknown)}; known: {sorted(OLD_LAYERS)}")
     make_norm = blocks.make_norm
 
     def keras_norm(kind, channels, name):
@@ -127,11 +142,17 @@ def keras_batchnorm():
             return tf.keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
         return make_norm(kind, channels, name)
 
-    blocks.make_norm = networks.make_norm = keras_norm
+    if "batchnorm" in kinds:
+        blocks.make_norm = networks.make_norm = keras_norm
     try:
         yield
     finally:
         blocks.make_norm = networks.make_norm = make_norm
+
+
+def keras_batchnorm():
+    """Networks built inside use keras.layers.BatchNormalization (see old_layers)."""
+    return old_layers(("batchnorm",))
 
 
 def _losses_and_gradients(model, batch):
@@ -145,14 +166,14 @@ def _losses_and_gradients(model, batch):
     return scalars, grads
 
 
-def before_after(config, model, batch, step, rounds, log):
-    """The same step with Keras batch norm: numerics from identical weights, then speed.
+def before_after(config, model, batch, step, rounds, log, kinds=("batchnorm",)):
+    """The same step with older Keras layers: numerics from identical weights, then speed.
 
     Numerics: every loss and each network's gradient (relative L2 difference) from the
     same weights and batch. Speed: old and new steps interleaved (old, new, old, ...) so
     both see the same load; medians of `rounds` each.
     """
-    with keras_batchnorm():
+    with old_layers(kinds):
         old = flops.build_model(config)
     for new_var, old_var in zip(model.variables, old.variables):
         if new_var.shape != old_var.shape:
@@ -182,7 +203,7 @@ def before_after(config, model, batch, step, rounds, log):
         numerics[f"{name}_gradient_relative_l2_old_vs_old_input_1e-7"] = float(
             diff / tf.linalg.global_norm(old_grads[name]))
 
-    log("before/after: tracing the step with Keras batch norm")
+    log(f"before/after: tracing the step with old {'+'.join(kinds)}")
     old_step = tf.function(old.train_step)
     old_step(batch)
     old_step(batch)
@@ -194,7 +215,7 @@ def before_after(config, model, batch, step, rounds, log):
             timing.cpu += one.cpu
     batch_size = int(batch[next(iter(batch))].shape[0])
     return {
-        "old": "keras.layers.BatchNormalization", "rounds": rounds,
+        "old": [OLD_LAYERS[k] for k in kinds], "rounds": rounds,
         "old_images_per_second": round(batch_size / old_timing.median_wall, 3),
         "new_images_per_second": round(batch_size / new_timing.median_wall, 3),
         "speedup_wall": round(old_timing.median_wall / new_timing.median_wall, 3),
@@ -407,12 +428,13 @@ def retrace_count(fn):
 
 def run_config(name, args, log):
     ceiling.reset_peak_rss()
-    config = flops.load_config(name)
+    config = flops.load_config(name, args.set)
     batch_size = args.batch_size
     tf.keras.utils.set_random_seed(0)
     model = flops.build_model(config)
     batch = flops.random_batch(config, batch_size)
-    result = {"config": name, "image_size": list(config.data.image_size),
+    result = {"config": name, "overrides": list(args.set),
+              "image_size": list(config.data.image_size),
               "batch_size": batch_size, "load_average_start": ceiling.load_average()}
 
     log(f"[{name}] FLOP count")
@@ -459,6 +481,27 @@ def run_config(name, args, log):
         "graph_checks": graph_checks(step.get_concrete_function(batch)),
     })
 
+    if args.profile:
+        log(f"[{name}] profile (2 steps)")
+        result["profile"] = profile_steps(step, batch, _slug(name),
+                                          graph=step.get_concrete_function(batch).graph)
+        by_type = counted["train_step"]["by_op_type_gflop"]
+        conv_gflop = {"conv forward": by_type.get("Conv2D", 0) + by_type.get("MatMul", 0),
+                      "conv backprop input": by_type.get("Conv2DBackpropInput", 0),
+                      "conv backprop filter": by_type.get("Conv2DBackpropFilter", 0)}
+        for row in result["profile"]["by_category"]:
+            if row["category"] in conv_gflop and row["ms"]:
+                # GFLOP per second of op time (ops may overlap: a lower bound of the rate).
+                row["gflops"] = round(conv_gflop[row["category"]] * batch_size
+                                      / (row["ms"] / 1e3), 1)
+
+    if args.before_after:
+        result["before_after"] = {}
+        for kind in OLD_LAYERS:
+            log(f"[{name}] before/after: {kind}")
+            result["before_after"][kind] = before_after(config, model, batch, step,
+                                                        args.before_after_rounds, log, (kind,))
+
     if args.split:
         log(f"[{name}] split: step without each update")
         marginal, marginal_cpu, marginal_gflop = {}, {}, {}
@@ -479,25 +522,6 @@ def run_config(name, args, log):
         result["split_gflop_per_image"] = {
             "shared_forward": round(step_gflop - sum(marginal_gflop.values()), 3),
             **{f"{k}_update": round(v, 3) for k, v in marginal_gflop.items()}}
-
-    if args.profile:
-        log(f"[{name}] profile (2 steps)")
-        result["profile"] = profile_steps(step, batch, _slug(name),
-                                          graph=step.get_concrete_function(batch).graph)
-        by_type = counted["train_step"]["by_op_type_gflop"]
-        conv_gflop = {"conv forward": by_type.get("Conv2D", 0) + by_type.get("MatMul", 0),
-                      "conv backprop input": by_type.get("Conv2DBackpropInput", 0),
-                      "conv backprop filter": by_type.get("Conv2DBackpropFilter", 0)}
-        for row in result["profile"]["by_category"]:
-            if row["category"] in conv_gflop and row["ms"]:
-                # GFLOP per second of op time (ops may overlap: a lower bound of the rate).
-                row["gflops"] = round(conv_gflop[row["category"]] * batch_size
-                                      / (row["ms"] / 1e3), 1)
-
-    if args.before_after:
-        log(f"[{name}] before/after: Keras batch norm")
-        result["before_after"] = before_after(config, model, batch, step,
-                                              args.before_after_rounds, log)
 
     if args.xla:
         log(f"[{name}] XLA step")
