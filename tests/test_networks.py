@@ -7,6 +7,7 @@ import tensorflow as tf
 from grdnet_tf.config import base_config, freeze
 from grdnet_tf.models.networks import (Discriminator, Generator, Segmentator,
                                        build_networks)
+from helpers_nets import assert_every_weight_gets_gradient
 
 SMALL = dict(base_width=4, max_width=16)
 
@@ -107,19 +108,7 @@ def test_gradient_reaches_every_weight(norm):
     gen = Generator(channels=3, stages=2, norm=norm, **SMALL)
     disc = Discriminator(channels=3, stages=2, norm=norm, **SMALL)
     seg = Segmentator(channels=3, base_width=4, depth=2, norm=norm)
-    x = tf.constant(_images((2, 32, 32, 3)))
-    with tf.GradientTape(persistent=True) as tape:
-        x_hat, z, z_hat = gen(x, training=True)
-        g_loss = tf.reduce_mean(tf.square(x_hat - x)) + tf.reduce_mean(tf.square(z - z_hat))
-        features, logit = disc(x, training=True)
-        d_loss = tf.reduce_mean(logit) + tf.reduce_mean(tf.square(features))
-        s_loss = tf.reduce_mean(seg(tf.concat([x, x_hat], -1), training=True))
-    for net, loss in ((gen, g_loss), (disc, d_loss), (seg, s_loss)):
-        grads = tape.gradient(loss, net.trainable_variables)
-        for var, grad in zip(net.trainable_variables, grads):
-            assert grad is not None, f"{net.name}: no gradient for {var.path}"
-            assert np.all(np.isfinite(grad)), f"{net.name}: non-finite gradient for {var.path}"
-            assert float(tf.reduce_max(tf.abs(grad))) > 0, f"{net.name}: zero gradient {var.path}"
+    assert_every_weight_gets_gradient(gen, disc, seg, tf.constant(_images((2, 32, 32, 3))))
 
 
 def test_mixed_float16_outputs_are_float32():
