@@ -23,7 +23,6 @@ by the batch size.
 """
 import collections
 import dataclasses
-import importlib.util
 import json
 import os
 import sys
@@ -135,29 +134,8 @@ def load_config(name_or_path, overrides=()):
     path = CONFIGS.get(name_or_path, name_or_path)
     if not os.path.isabs(path):
         path = os.path.join(REPO_ROOT, path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config {name_or_path!r}: no file {path} "
-                                f"(use {', '.join(CONFIGS)} or a path to a configs/*.py file)")
-    spec = importlib.util.spec_from_file_location("bench_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        *parents, leaf = key.split(".")
-        node = config
-        for parent in parents:
-            node = node.get(parent) if hasattr(node, "get") else None
-        if not sep or node is None or leaf not in node:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE with an existing config key")
-        current = node[leaf]
-        if isinstance(current, bool):
-            node[leaf] = text.lower() in ("1", "true")
-        elif isinstance(current, (int, float, str)):
-            node[leaf] = type(current)(text)
-        else:
-            raise ValueError(f"--set {item!r}: only scalar keys can be overridden")
-    return config_lib.freeze(config)
+    config = config_lib.load_config_file(path)
+    return config_lib.with_overrides(config, config_lib.parse_overrides(overrides))
 
 
 def random_batch(config, batch_size, seed=0):

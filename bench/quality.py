@@ -22,7 +22,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from absl import logging  # noqa: E402
-import ml_collections  # noqa: E402
 
 from grdnet_tf import config as config_lib  # noqa: E402
 
@@ -38,15 +37,6 @@ SETTINGS = {
                                                            "data", "mvtec3d_tire"),
                  overrides={"train.eval_every_epochs": 2}),
 }
-
-
-def _parse_value(text):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def _parameter_counts(config):
@@ -68,27 +58,19 @@ def main(argv):
     setting = SETTINGS[name]
     tag = os.environ.get("QUALITY_TAG", "")  # separate run folders for parallel experiments
     run_name = f"{name}{tag}"
-    overrides = dict(setting["overrides"])
-    for item in argv[2:]:
-        key, _, value = item.partition("=")
-        overrides[key] = _parse_value(value)
+    try:
+        overrides = {**setting["overrides"], **config_lib.parse_overrides(argv[2:])}
+        config = config_lib.with_overrides(config_lib.load_config_file(
+            os.path.join(REPO, "configs", setting["config"])), overrides)
+    except ValueError as e:
+        sys.exit(str(e))
+    overrides = {key: config_lib.get_value(config, key) for key in overrides}
 
     from grdnet_tf.data import demo
     from grdnet_tf.evaluation import eval_lib, plots
     from grdnet_tf.training import train_lib
 
     logging.set_verbosity(logging.INFO)
-    config = ml_collections.ConfigDict(config_lib.load_config_file(
-        os.path.join(REPO, "configs", setting["config"])))
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        if leaf not in node:
-            sys.exit(f"unknown config key {key}")
-        node[leaf] = value
-    config = config_lib.freeze(config)
     run_dir = os.path.join(REPO, "runs", f"quality_{run_name}")
     shutil.rmtree(run_dir, ignore_errors=True)
     data_dir = setting["data"]

@@ -200,29 +200,76 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def _get(config, dotted):
+def get_value(config, dotted):
+    """The value of a dotted key, e.g. get_value(config, "model.attention")."""
     node = config
     for part in dotted.split("."):
         node = node[part]
     return node
 
 
+def with_overrides(config, overrides) -> ml_collections.FrozenConfigDict:
+    """A frozen copy of `config` with dotted keys replaced, e.g. {"model.attention": "se"}.
+
+    A string value is converted to the type of the field it replaces ("0.001" for a float,
+    "true"/"false"/"1"/"0" for a bool), as in `--config.KEY=VALUE`; other values are set as
+    given. Raises ValueError naming a key that is not a field or a value that does not
+    convert.
+    """
+    config = ml_collections.ConfigDict(config)
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+            raise ValueError(f"config override {key}: no such config key")
+        current = node[leaf]
+        if isinstance(value, str) and not isinstance(current, str):
+            if isinstance(current, bool):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(f"config override {key}={value!r}: expected true or false")
+                value = value.lower() in ("true", "1")
+            elif isinstance(current, (int, float)):
+                try:
+                    value = type(current)(value)
+                except ValueError:
+                    raise ValueError(f"config override {key}={value!r}: expected "
+                                     f"{type(current).__name__}") from None
+            else:
+                raise ValueError(f"config override {key}: only scalar fields can be set "
+                                 f"from text")
+        node[leaf] = value
+    return freeze(config)
+
+
+def parse_overrides(items) -> dict:
+    """{"KEY": "VALUE"} from "KEY=VALUE" strings (for `with_overrides`)."""
+    parsed = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"config override {item!r}: expected KEY=VALUE")
+        parsed[key] = value
+    return parsed
+
+
 def validate(config) -> None:
     """Raises ValueError naming the offending key and the allowed values."""
     for key, allowed in ALLOWED.items():
-        value = _get(config, key)
+        value = get_value(config, key)
         if value not in allowed:
             raise ValueError(f"config {key}={value!r} is not allowed; choose one of {allowed}")
     for key in NON_NEGATIVE:
-        value = _get(config, key)
+        value = get_value(config, key)
         if value < 0:
             raise ValueError(f"config {key}={value!r} must be >= 0")
     for key in POSITIVE_INT:
-        value = _get(config, key)
+        value = get_value(config, key)
         if int(value) != value or value < 1:
             raise ValueError(f"config {key}={value!r} must be a positive integer")
     for key in UNIT_INTERVAL:
-        value = _get(config, key)
+        value = get_value(config, key)
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"config {key}={value!r} must lie in [0, 1]")
     if config.synthesis.beta_min > config.synthesis.beta_max:
