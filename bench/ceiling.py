@@ -138,6 +138,18 @@ def timed_calls(fn, repeats, warmup=1):
     return timing
 
 
+def alternating_calls(fns, rounds):
+    """Times the functions alternately (a, b, a, b, ...), `rounds` calls each, so that
+    all see the same load; returns one Timing per function."""
+    timings = [Timing() for _ in fns]
+    for _ in range(rounds):
+        for fn, timing in zip(fns, timings):
+            one = timed_calls(fn, 1, warmup=0)
+            timing.wall += one.wall
+            timing.cpu += one.cpu
+    return timings
+
+
 # ----------------------------------------------------------------------------- the ceiling
 
 def _conv_case(batch, size, c_in, c_out, kernel=3, stride=1, seed=0):

@@ -200,12 +200,8 @@ def before_after(config, tmp, new_fn, size, rounds):
     for batch in (1, 8):
         images = random_images(batch, size)
         old_fn(images=images), new_fn(images=images)
-        old_timing, new_timing = ceiling.Timing(), ceiling.Timing()
-        for _ in range(rounds):
-            for fn, timing in ((old_fn, old_timing), (new_fn, new_timing)):
-                one = ceiling.timed_calls(lambda f=fn: f(images=images), 1, warmup=0)
-                timing.wall += one.wall
-                timing.cpu += one.cpu
+        old_timing, new_timing = ceiling.alternating_calls(
+            [lambda: old_fn(images=images), lambda: new_fn(images=images)], rounds)
         out[f"batch{batch}"] = {
             "old_ms_per_image": round(1e3 * old_timing.median_wall / batch, 1),
             "new_ms_per_image": round(1e3 * new_timing.median_wall / batch, 1),

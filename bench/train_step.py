@@ -117,24 +117,17 @@ def step_without(model, skip):
     return step
 
 
-OLD_LAYERS = {
-    "batchnorm": "keras.layers.BatchNormalization (tf.nn.moments + tf.nn.batch_normalization)",
-}
+OLD_BATCHNORM = "keras.layers.BatchNormalization (tf.nn.moments + tf.nn.batch_normalization)"
 
 
 @contextlib.contextmanager
-def old_layers(kinds=("batchnorm",)):
-    """Networks built inside use the Keras layers grdnet_tf used before its own ones.
-
-    kinds: "batchnorm" (keras.layers.BatchNormalization instead of FusedBatchNormalization).
-    (A broadcast nearest-upsampling layer was measured the same way and removed: it was not
-    faster than keras.layers.UpSampling2D; docs/benchmarks.md.)
-    """
+def keras_batchnorm():
+    """Networks built inside use keras.layers.BatchNormalization, the layer grdnet_tf used
+    before FusedBatchNormalization. (A broadcast nearest-upsampling layer was measured the
+    same way and removed: it was not faster than keras.layers.UpSampling2D;
+    docs/benchmarks.md.)"""
     from grdnet_tf.models import blocks, networks
 
-    unknown = set(kinds) - set(OLD_LAYERS)
-    if unknown:
-        raise ValueError(f"unknown old layer kinds {sorted(unknown)}; known: {sorted(OLD_LAYERS)}")
     make_norm = blocks.make_norm
 
     def keras_norm(kind, channels, name):
@@ -142,17 +135,11 @@ def old_layers(kinds=("batchnorm",)):
             return tf.keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
         return make_norm(kind, channels, name)
 
-    if "batchnorm" in kinds:
-        blocks.make_norm = networks.make_norm = keras_norm
+    blocks.make_norm = networks.make_norm = keras_norm
     try:
         yield
     finally:
         blocks.make_norm = networks.make_norm = make_norm
-
-
-def keras_batchnorm():
-    """Networks built inside use keras.layers.BatchNormalization (see old_layers)."""
-    return old_layers(("batchnorm",))
 
 
 def _losses_and_gradients(model, batch):
@@ -166,14 +153,14 @@ def _losses_and_gradients(model, batch):
     return scalars, grads
 
 
-def before_after(config, model, batch, step, rounds, log, kinds=("batchnorm",)):
-    """The same step with older Keras layers: numerics from identical weights, then speed.
+def before_after(config, model, batch, step, rounds, log):
+    """The same step with Keras batch norm: numerics from identical weights, then speed.
 
     Numerics: every loss and each network's gradient (relative L2 difference) from the
     same weights and batch. Speed: old and new steps interleaved (old, new, old, ...) so
     both see the same load; medians of `rounds` each.
     """
-    with old_layers(kinds):
+    with keras_batchnorm():
         old = flops.build_model(config)
     for new_var, old_var in zip(model.variables, old.variables):
         if new_var.shape != old_var.shape:
@@ -203,19 +190,15 @@ def before_after(config, model, batch, step, rounds, log, kinds=("batchnorm",)):
         numerics[f"{name}_gradient_relative_l2_old_vs_old_input_1e-7"] = float(
             diff / tf.linalg.global_norm(old_grads[name]))
 
-    log(f"before/after: tracing the step with old {'+'.join(kinds)}")
+    log("before/after: tracing the step with Keras batch norm")
     old_step = tf.function(old.train_step)
     old_step(batch)
     old_step(batch)
-    old_timing, new_timing = ceiling.Timing(), ceiling.Timing()
-    for _ in range(rounds):
-        for fn, timing in ((old_step, old_timing), (step, new_timing)):
-            one = ceiling.timed_calls(lambda f=fn: f(batch), 1, warmup=0)
-            timing.wall += one.wall
-            timing.cpu += one.cpu
+    old_timing, new_timing = ceiling.alternating_calls(
+        [lambda: old_step(batch), lambda: step(batch)], rounds)
     batch_size = int(batch[next(iter(batch))].shape[0])
     return {
-        "old": [OLD_LAYERS[k] for k in kinds], "rounds": rounds,
+        "old": OLD_BATCHNORM, "rounds": rounds,
         "old_images_per_second": round(batch_size / old_timing.median_wall, 3),
         "new_images_per_second": round(batch_size / new_timing.median_wall, 3),
         "speedup_wall": round(old_timing.median_wall / new_timing.median_wall, 3),
@@ -496,11 +479,9 @@ def run_config(name, args, log):
                                       / (row["ms"] / 1e3), 1)
 
     if args.before_after:
-        result["before_after"] = {}
-        for kind in OLD_LAYERS:
-            log(f"[{name}] before/after: {kind}")
-            result["before_after"][kind] = before_after(config, model, batch, step,
-                                                        args.before_after_rounds, log, (kind,))
+        log(f"[{name}] before/after: Keras batch norm")
+        result["before_after"] = {"batchnorm": before_after(config, model, batch, step,
+                                                            args.before_after_rounds, log)}
 
     if args.split:
         log(f"[{name}] split: step without each update")
