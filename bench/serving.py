@@ -43,7 +43,7 @@ from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
 import ceiling  # noqa: E402
 import flops  # noqa: E402
 from grdnet_tf import config as config_lib  # noqa: E402
-from grdnet_tf import scoring  # noqa: E402
+from grdnet_tf import run_dir, scoring  # noqa: E402
 from grdnet_tf.serving import export_lib  # noqa: E402
 from grdnet_tf.training import checkpoints  # noqa: E402
 from train_step import keras_batchnorm, profile_steps  # noqa: E402
@@ -59,13 +59,13 @@ def make_run(config, model_dir, seed=0, threshold=0.5):
 
     keras.utils.set_random_seed(seed)
     model = flops.build_model(config)
-    config_lib.write_run_config(config, model_dir)
+    run_dir.write_run_config(config, model_dir)
     state = checkpoints.TrainState()
     manager = tf.train.CheckpointManager(checkpoints.training_checkpoint(model, state),
-                                         os.path.join(model_dir, checkpoints.CHECKPOINT_DIR),
+                                         os.path.join(model_dir, run_dir.CHECKPOINT_DIR),
                                          max_to_keep=1)
     manager.save()
-    checkpoints.write_json(os.path.join(model_dir, checkpoints.CALIBRATION_JSON),
+    run_dir.write_json(os.path.join(model_dir, run_dir.CALIBRATION_JSON),
                            {"threshold": threshold, "quantile": 0.99, "num_images": 0})
     return model
 
@@ -250,7 +250,7 @@ def main():
                                            model.segmentator)))
 
         log("FLOP count (in-process scoring, static shape)")
-        loaded_run = checkpoints.load_for_inference(os.path.join(tmp, "run"))
+        loaded_run = run_dir.load_for_inference(os.path.join(tmp, "run"))
         image_spec = tf.TensorSpec((1, *size, 3), tf.uint8)
         counted = flops.count_function(
             lambda images: scoring.score_images(

@@ -3,7 +3,7 @@
 Every numeric choice of data synthesis, networks, losses, optimisation and scoring lives
 here; the files in ``configs/`` start from :func:`base_config` and change a few values.
 A run writes its resolved config to ``<model_dir>/config.json``; evaluation and export
-read it back with :func:`load_run_config`.
+read it back with :func:`grdnet_tf.run_dir.load_run_config`.
 
 Key reference (defaults are the paper's where the paper gives one):
 
@@ -306,17 +306,6 @@ def to_json(config) -> str:
     return json.dumps(ml_collections.ConfigDict(config).to_dict(), indent=2, sort_keys=True)
 
 
-def write_run_config(config, model_dir) -> str:
-    """Writes ``config.json`` atomically into the run directory and returns its path."""
-    os.makedirs(model_dir, exist_ok=True)
-    path = os.path.join(model_dir, "config.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(to_json(config))
-    os.replace(tmp, path)
-    return path
-
-
 def from_dict(values) -> ml_collections.FrozenConfigDict:
     """Builds a frozen config from a plain dict, filling keys added since it was written."""
     config = base_config()
@@ -332,15 +321,6 @@ def from_dict(values) -> ml_collections.FrozenConfigDict:
 
     merge(config, values, "")
     return freeze(config)
-
-
-def load_run_config(model_dir) -> ml_collections.FrozenConfigDict:
-    path = os.path.join(model_dir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: --model_dir={model_dir} is not a "
-                                f"grdnet_tf training run")
-    with open(path, encoding="utf-8") as f:
-        return from_dict(json.load(f))
 
 
 def load_config_file(path) -> ml_collections.FrozenConfigDict:

@@ -2,7 +2,7 @@
 
 ``make_tiny_run`` writes ``config.json``, ``checkpoints/`` (a training checkpoint with the
 three networks, three optimizers and the counters) and ``calibration.json``, i.e. what
-``grdnet_tf.training.checkpoints.load_for_inference`` and the exporter read. Later tests
+``grdnet_tf.run_dir.load_for_inference`` and the exporter read. Later tests
 may replace it with a real tiny training run.
 """
 import importlib.util
@@ -14,8 +14,9 @@ import tensorflow as tf
 from grdnet_tf import config as config_lib
 from grdnet_tf import keys
 from grdnet_tf.models.grdnet import GRDNet, make_optimizers
-from grdnet_tf.training.checkpoints import (CALIBRATION_JSON, CHECKPOINT_DIR, TrainState,
-                                            training_checkpoint, write_json)
+from grdnet_tf.run_dir import (CALIBRATION_JSON, CHECKPOINT_DIR, write_json,
+                               write_run_config)
+from grdnet_tf.training.checkpoints import TrainState, training_checkpoint
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(REPO_ROOT, "configs", "tiny.py")
@@ -67,7 +68,7 @@ def make_tiny_run(model_dir, seed=0, steps=2, image_size=(32, 32), channels=3,
                           keys.MASK: tf.constant(mask),
                           keys.ROI: tf.ones((batch, height, width, 1))})
 
-    config_lib.write_run_config(config, model_dir)
+    write_run_config(config, model_dir)
     state = TrainState()
     state.step.assign(steps)
     manager = tf.train.CheckpointManager(training_checkpoint(model, state),

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from grdnet_tf import keys, scoring
+from grdnet_tf import keys, run_dir, scoring
 from grdnet_tf.data import io
 from grdnet_tf.evaluation import eval_lib
-from grdnet_tf.training import checkpoints as ckpt_lib
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +30,7 @@ def test_evaluate_writes_metrics_report_plots_and_overlays(evaluated):
     assert saved["num_images"] == 12
     assert set(saved["per_defect_image_auroc"]) == {"spot", "scratch"}
     assert 0.0 <= saved["image_auroc"] <= 1.0 and 0.0 <= saved["pixel_auroc"] <= 1.0
-    calibration = ckpt_lib.read_calibration(result["model_dir"])
+    calibration = run_dir.read_calibration(result["model_dir"])
     assert saved["threshold"] == pytest.approx(calibration["threshold"])
     assert set(saved["folders"]) == {"good", "good_outside_roi", "spot", "scratch"}
     assert saved["folders"]["good_outside_roi"]["label"] == 0
@@ -50,7 +49,7 @@ def test_evaluated_scores_equal_the_scoring_module_on_native_images(evaluated, t
     result, out = evaluated
     with open(os.path.join(out, "scores.csv")) as f:
         rows = list(csv.DictReader(f))
-    run = ckpt_lib.load_for_inference(tiny_run)
+    run = run_dir.load_for_inference(tiny_run)
     config = run.config
     paths = [r["path"] for r in rows[:3]]
     images = np.stack([io.read_image(p, None, 3) for p in paths])
@@ -125,7 +124,7 @@ def test_missing_ground_truth_and_one_class_test_split(tiny_run, demo_category, 
 
 def test_hard_roi_masking_silences_outside(tiny_run, demo_category, tmp_path):
     """With use_roi, a sample's map is zero outside its test ROI."""
-    run = ckpt_lib.load_for_inference(tiny_run)
+    run = run_dir.load_for_inference(tiny_run)
     scorer = eval_lib.Scorer(run, use_roi=True)
     from grdnet_tf.data import mvtec
     sample = [s for s in mvtec.index_test(demo_category) if s.roi_path][0]
@@ -139,7 +138,7 @@ def test_hard_roi_masking_silences_outside(tiny_run, demo_category, tmp_path):
 
 def test_training_logs_test_metrics_for_learning_curves(tiny_run):
     """train.eval_every_epochs logs test-split metrics to history and TensorBoard only."""
-    history = ckpt_lib.read_json(os.path.join(tiny_run, ckpt_lib.HISTORY_JSON))
+    history = run_dir.read_json(os.path.join(tiny_run, run_dir.HISTORY_JSON))
     assert [h["epoch"] for h in history] == [1, 2]
     for entry in history:
         assert 0.0 <= entry["test_image_auroc"] <= 1.0
@@ -150,7 +149,7 @@ def test_training_logs_test_metrics_for_learning_curves(tiny_run):
         for event in tf.compat.v1.train.summary_iterator(os.path.join(log_dir, name)):
             tags.update(v.tag for v in event.summary.value)
     assert {"test/image_auroc", "test/pixel_auroc", "test/aupro"} <= tags
-    best = ckpt_lib.read_json(os.path.join(tiny_run, ckpt_lib.BEST_DIR, ckpt_lib.BEST_JSON))
+    best = run_dir.read_json(os.path.join(tiny_run, run_dir.BEST_DIR, run_dir.BEST_JSON))
     assert best["metric"] == "val_segmentator_loss"
 
 

@@ -20,10 +20,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from grdnet_tf import keys, scoring
+from grdnet_tf import keys, run_dir, scoring
 from grdnet_tf.evaluation import plots
 from grdnet_tf.serving import export_lib
-from grdnet_tf.training import checkpoints
 
 from helpers_run import REPO_ROOT, make_tiny_run
 
@@ -151,7 +150,7 @@ def exported(tmp_path_factory):
     model_dir = str(root / "run")
     base = str(root / "exported")
     make_tiny_run(model_dir, threshold=THRESHOLD)
-    loaded = checkpoints.load_for_inference(model_dir)
+    loaded = run_dir.load_for_inference(model_dir)
     version_dir = export_lib.export_model(loaded, base, model_dir=model_dir)
     return types.SimpleNamespace(root=root, model_dir=model_dir, base=base,
                                  version_dir=version_dir, loaded=loaded)
@@ -319,7 +318,7 @@ def test_only_inference_variables_are_exported(exported):
 
 def test_export_holds_the_trained_weights(exported):
     """An independent restore of the run gives exactly the exported (trained) weights."""
-    again = checkpoints.load_for_inference(exported.model_dir)
+    again = run_dir.load_for_inference(exported.model_dir)
     differing = [a.path for a, b in zip(_inference_variables(exported.loaded.model),
                                         _inference_variables(again.model))
                  if not np.array_equal(a.numpy(), b.numpy())]
@@ -465,7 +464,7 @@ def test_failed_export_leaves_nothing(exported, tmp_path, monkeypatch):
 
     monkeypatch.setattr(export_lib.tf.saved_model, "save", broken_save)
     # The restore is not under test here: reuse the fixture's model.
-    monkeypatch.setattr(export_lib.checkpoints, "load_for_inference",
+    monkeypatch.setattr(export_lib.run_dir, "load_for_inference",
                         lambda model_dir, checkpoint: exported.loaded)
     with pytest.raises(OSError, match="disk full"):
         export_lib.export_run(exported.model_dir, base)
@@ -488,7 +487,7 @@ def test_bad_arguments_write_nothing(exported, tmp_path):
 
     uncalibrated = str(tmp_path / "uncalibrated")
     shutil.copytree(exported.model_dir, uncalibrated)
-    os.remove(os.path.join(uncalibrated, checkpoints.CALIBRATION_JSON))
+    os.remove(os.path.join(uncalibrated, run_dir.CALIBRATION_JSON))
     with pytest.raises(ValueError, match="--threshold"):
         export_lib.export_run(uncalibrated, base)
     with pytest.raises(ValueError, match="--threshold"):

@@ -23,7 +23,7 @@ import pytest
 import tensorflow as tf
 
 from grdnet_tf import config as config_lib
-from grdnet_tf import keys
+from grdnet_tf import keys, run_dir
 from grdnet_tf.data import pipeline
 from grdnet_tf.models.grdnet import GRDNet, make_optimizers
 from grdnet_tf.training import checkpoints as ckpt_lib
@@ -60,7 +60,7 @@ def restore_latest(config, model_dir):
     model.build_networks((*config.data.image_size, config.data.channels))
     model.compile(*make_optimizers(config.optimizer))
     state = ckpt_lib.TrainState()
-    path = tf.train.latest_checkpoint(os.path.join(model_dir, ckpt_lib.CHECKPOINT_DIR))
+    path = tf.train.latest_checkpoint(os.path.join(model_dir, run_dir.CHECKPOINT_DIR))
     ckpt_lib.training_checkpoint(model, state).restore(path).assert_existing_objects_matched()
     return path, model, state
 
@@ -94,9 +94,9 @@ def resumed_run(demo_category, tmp_path_factory):
             train_lib.train(config1, demo_category, model_dir)
         except FloatingPointError as e:
             run.error = e
-    ckpt_dir = os.path.join(model_dir, ckpt_lib.CHECKPOINT_DIR)
+    ckpt_dir = os.path.join(model_dir, run_dir.CHECKPOINT_DIR)
     run.checkpoints_after_nan = checkpoint_names(ckpt_dir)
-    run.history_after_nan = ckpt_lib.read_json(os.path.join(model_dir, ckpt_lib.HISTORY_JSON))
+    run.history_after_nan = run_dir.read_json(os.path.join(model_dir, run_dir.HISTORY_JSON))
     path, model, state = restore_latest(config1, model_dir)
     run.restored = dict(path=os.path.basename(path), step=int(state.step),
                         epoch=int(state.epoch), step_in_epoch=int(state.step_in_epoch),
@@ -141,7 +141,7 @@ def test_resume_continues_from_the_last_checkpoint(resumed_run):
     model = summary["model"]
     assert [int(o.iterations) for o in model.optimizers.values()] == [9, 9, 9]
     assert all(np.isfinite(v.numpy()).all() for v in model.variables)
-    history = ckpt_lib.read_json(os.path.join(run.model_dir, ckpt_lib.HISTORY_JSON))
+    history = run_dir.read_json(os.path.join(run.model_dir, run_dir.HISTORY_JSON))
     assert [(h["epoch"], h["step"]) for h in history] == [(1, 3), (2, 6), (3, 9)]
     # The resumed stream starts at batch 4 of the stream an uninterrupted run reads.
     (_, resumed), = [(s, ds) for s, ds in run.datasets if s == 4]
@@ -161,17 +161,17 @@ def test_run_directory(resumed_run):
         "ckpt-6", "ckpt-8", "ckpt-9"]
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
         assert json.load(f) == json.loads(config_lib.to_json(run.config))
-    assert config_lib.load_run_config(model_dir).to_dict() == config_lib.freeze(
+    assert run_dir.load_run_config(model_dir).to_dict() == config_lib.freeze(
         run.config).to_dict()
 
-    history = ckpt_lib.read_json(os.path.join(model_dir, "history.json"))
+    history = run_dir.read_json(os.path.join(model_dir, "history.json"))
     for entry in history:
         assert entry["learning_rate"] == pytest.approx(1e-4)
         for name in ("train_total_loss", "train_generator_loss", "train_segmentator_loss",
                      "train_discriminator_loss", "val_total_loss", "val_generator_loss"):
             assert math.isfinite(entry[name]), name
     # The best checkpoint: lowest validation segmentator loss (train.best_metric default).
-    best = ckpt_lib.read_json(os.path.join(model_dir, "best", "best.json"))
+    best = run_dir.read_json(os.path.join(model_dir, "best", "best.json"))
     best_entry = min(history, key=lambda h: h["val_segmentator_loss"])
     assert best == {"epoch": best_entry["epoch"], "step": best_entry["step"],
                     "metric": "val_segmentator_loss",
@@ -179,7 +179,7 @@ def test_run_directory(resumed_run):
                     "val_total_loss": best_entry["val_total_loss"]}
     assert checkpoint_names(os.path.join(model_dir, "best")) == [f"ckpt-{best['step']}"]
 
-    calibration = ckpt_lib.read_json(os.path.join(model_dir, "calibration.json"))
+    calibration = run_dir.read_json(os.path.join(model_dir, "calibration.json"))
     assert calibration["num_images"] == 1 and calibration["quantile"] == 0.99
     assert 0.0 <= calibration["threshold"] <= 1.0
     assert calibration["threshold"] == pytest.approx(run.summary["threshold"])
@@ -202,7 +202,7 @@ def test_tensorboard_events(resumed_run):
     assert train["speed/images_per_second"][9] > 0
     validation = read_events(os.path.join(logs, "validation"))
     assert sorted(validation["losses/total"]) == [3, 6, 9]
-    history = ckpt_lib.read_json(os.path.join(resumed_run.model_dir, "history.json"))
+    history = run_dir.read_json(os.path.join(resumed_run.model_dir, "history.json"))
     assert validation["losses/total"][9] == pytest.approx(history[-1]["val_total_loss"])
 
 
@@ -235,7 +235,7 @@ def plateau_run(demo_category, tmp_path_factory):
             except RuntimeError as e:
                 run.error = e
         run.checkpoints_after_crash = checkpoint_names(os.path.join(model_dir, "checkpoints"))
-        run.history_after_crash = ckpt_lib.read_json(os.path.join(model_dir, "history.json"))
+        run.history_after_crash = run_dir.read_json(os.path.join(model_dir, "history.json"))
         run.summary = train_lib.train(config, demo_category, model_dir)
     return run
 
@@ -251,7 +251,7 @@ def test_interrupted_run_resumes_from_the_last_checkpoint(plateau_run):
     assert (summary["epochs"], summary["steps"]) == (4, 8)
     # Steps 5 and 6 were redone, so the optimizers made as many updates as without the crash.
     assert [int(o.iterations) for o in summary["model"].optimizers.values()] == [8, 8, 8]
-    history = ckpt_lib.read_json(os.path.join(run.model_dir, "history.json"))
+    history = run_dir.read_json(os.path.join(run.model_dir, "history.json"))
     assert [(h["epoch"], h["step"]) for h in history] == [(1, 2), (2, 4), (3, 6), (4, 8)]
 
 
@@ -261,12 +261,12 @@ def test_plateau_reduces_every_learning_rate(plateau_run):
     rates = {name: float(o.learning_rate) for name, o in summary["model"].optimizers.items()}
     assert rates == pytest.approx(dict.fromkeys(("generator", "discriminator", "segmentator"),
                                                 reduced), rel=1e-6)
-    history = ckpt_lib.read_json(os.path.join(model_dir, "history.json"))
+    history = run_dir.read_json(os.path.join(model_dir, "history.json"))
     # Epoch 1 improves on +inf; epochs 2-4 do not: after the third one the rate drops (the
     # patience counter of epoch 2 survived the crash and the resume).
     assert [h["learning_rate"] for h in history] == pytest.approx([1e-4] * 3 + [reduced])
     assert [h["val_total_loss"] for h in history] == [2.0] * 4
-    assert ckpt_lib.read_json(os.path.join(model_dir, "best", "best.json")) == {
+    assert run_dir.read_json(os.path.join(model_dir, "best", "best.json")) == {
         "epoch": 1, "step": 2, "metric": "val_segmentator_loss", "value": 0.5,
         "val_total_loss": 2.0}
     reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))

@@ -16,18 +16,17 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from grdnet_tf import keys, scoring
+from grdnet_tf import keys, run_dir, scoring
 from grdnet_tf.data import io, mvtec
 from grdnet_tf.evaluation import metrics as metrics_lib
 from grdnet_tf.evaluation import plots
-from grdnet_tf.training import checkpoints as ckpt_lib
 
 
 class Scorer:
     """A run's model with its scoring settings; one traced graph for any input size.
 
     Args:
-        run: `checkpoints.LoadedRun`.
+        run: `run_dir.LoadedRun`.
         threshold: overrides the run's calibrated threshold when given.
         use_roi: apply test ROIs as a hard mask of the map (when a sample has one).
     """
@@ -223,7 +222,7 @@ def evaluate(model_dir, data_dir, output_dir, checkpoint="best", threshold=None,
 
     Returns the metrics dict (also written to `output_dir/metrics.json`).
     """
-    run = ckpt_lib.load_for_inference(model_dir, checkpoint)
+    run = run_dir.load_for_inference(model_dir, checkpoint)
     scorer = Scorer(run, threshold=threshold, use_roi=use_roi)
     result, paths, scores, samples = score_test_split(scorer, data_dir, batch_size)
     labels = [s.label for s in samples]
@@ -232,7 +231,7 @@ def evaluate(model_dir, data_dir, output_dir, checkpoint="best", threshold=None,
                   threshold_source="flag" if threshold is not None else "calibration")
 
     os.makedirs(output_dir, exist_ok=True)
-    ckpt_lib.write_json(os.path.join(output_dir, "metrics.json"), result)
+    run_dir.write_json(os.path.join(output_dir, "metrics.json"), result)
     _write_scores_csv(os.path.join(output_dir, "scores.csv"), paths, defects, labels, scores,
                       scorer.threshold)
     plots.roc_curve_png(labels, scores, os.path.join(output_dir, "roc.png"),
@@ -298,7 +297,7 @@ def predict(model_dir, inputs, output_dir, checkpoint="best", threshold=None, ba
     The CSV is written to a temporary file and renamed at the end, so an interrupted run
     never leaves a half-written predictions.csv.
     """
-    run = ckpt_lib.load_for_inference(model_dir, checkpoint)
+    run = run_dir.load_for_inference(model_dir, checkpoint)
     scorer = Scorer(run, threshold=threshold)
     if scorer.threshold is None:
         raise ValueError(f"{model_dir} has no calibrated threshold (calibration.json): pass "

@@ -43,9 +43,8 @@ import keras
 import tensorflow as tf
 
 from grdnet_tf import config as config_lib
-from grdnet_tf import keys, scoring
+from grdnet_tf import keys, run_dir, scoring
 from grdnet_tf.evaluation import plots
-from grdnet_tf.training import checkpoints
 
 METADATA_DIR = "assets.extra"          # TF Serving convention: not read by the server
 METADATA_JSON = "grdnet.json"
@@ -209,7 +208,7 @@ def _resolve_threshold(threshold, calibration, model_dir):
         threshold, source = calibration["threshold"], "calibration"
     else:
         raise ValueError(
-            f"--model_dir={model_dir} has no {checkpoints.CALIBRATION_JSON} (no calibrated "
+            f"--model_dir={model_dir} has no {run_dir.CALIBRATION_JSON} (no calibrated "
             f"threshold): pass --threshold=FLOAT or calibrate the run first")
     threshold = float(threshold)
     if not math.isfinite(threshold):
@@ -255,7 +254,7 @@ def _metadata(loaded, threshold, threshold_source, version, model_dir):
 
 def _write_metadata(version_dir, metadata):
     os.makedirs(os.path.join(version_dir, METADATA_DIR), exist_ok=True)
-    checkpoints.write_json(os.path.join(version_dir, METADATA_DIR, METADATA_JSON), metadata)
+    run_dir.write_json(os.path.join(version_dir, METADATA_DIR, METADATA_JSON), metadata)
 
 
 def _install(tmp_dir, final_dir, overwrite):
@@ -294,18 +293,18 @@ def export_run(model_dir, export_dir, version=None, overwrite=False, checkpoint=
     model_dir = os.path.abspath(model_dir)
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"--model_dir={model_dir} does not exist")
-    config_lib.load_run_config(model_dir)
-    checkpoints.find_checkpoint(model_dir, checkpoint)
-    _resolve_threshold(threshold, checkpoints.read_calibration(model_dir), model_dir)
+    run_dir.load_run_config(model_dir)
+    run_dir.find_checkpoint(model_dir, checkpoint)
+    _resolve_threshold(threshold, run_dir.read_calibration(model_dir), model_dir)
     _check_version(os.path.abspath(export_dir), version, overwrite)
-    loaded = checkpoints.load_for_inference(model_dir, checkpoint)
+    loaded = run_dir.load_for_inference(model_dir, checkpoint)
     return export_model(loaded, export_dir, version=version, overwrite=overwrite,
                         threshold=threshold, model_dir=model_dir)
 
 
 def export_model(loaded, export_dir, version=None, overwrite=False, threshold=None,
                  model_dir=""):
-    """Exports an already restored run (a ``checkpoints.LoadedRun``); see export_run.
+    """Exports an already restored run (a ``run_dir.LoadedRun``); see export_run.
 
     `threshold` overrides ``loaded.calibration``; `model_dir` is recorded in the metadata.
     """

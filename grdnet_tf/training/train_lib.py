@@ -29,7 +29,7 @@ import keras
 from absl import logging
 
 from grdnet_tf import config as config_lib
-from grdnet_tf import keys, scoring
+from grdnet_tf import keys, run_dir, scoring
 from grdnet_tf.data import mvtec, pipeline
 from grdnet_tf.models.grdnet import GRDNet, LOSS_METRICS, make_optimizers
 from grdnet_tf.training import checkpoints as ckpt_lib
@@ -158,7 +158,7 @@ def evaluate_test_split(model, config, data_dir, summaries, step):
     """Test-split metrics of the current weights, for learning curves (logged, never used
     to select checkpoints or thresholds)."""
     from grdnet_tf.evaluation import eval_lib
-    run = ckpt_lib.LoadedRun(config=config, model=model, checkpoint_path=None,
+    run = run_dir.LoadedRun(config=config, model=model, checkpoint_path=None,
                              threshold=None, calibration=None)
     metrics, _, _, _ = eval_lib.score_test_split(eval_lib.Scorer(run), data_dir)
     values = {f"test/{k}": metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro")
@@ -215,24 +215,24 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
     # which int() and float() reject).
     state = ckpt_lib.TrainState()
     checkpoint = ckpt_lib.training_checkpoint(model, state)
-    manager = _checkpoint_manager(checkpoint, model_dir, ckpt_lib.CHECKPOINT_DIR, chief,
+    manager = _checkpoint_manager(checkpoint, model_dir, run_dir.CHECKPOINT_DIR, chief,
                                   config.train.keep_checkpoints, task_id)
-    best_manager = _checkpoint_manager(checkpoint, model_dir, ckpt_lib.BEST_DIR, chief, 1,
+    best_manager = _checkpoint_manager(checkpoint, model_dir, run_dir.BEST_DIR, chief, 1,
                                        task_id)
     resumed_from = None
     if chief:
         latest = manager.latest_checkpoint
     else:  # non-chief workers resume from the chief's checkpoints (shared file system)
-        latest = tf.train.latest_checkpoint(os.path.join(model_dir, ckpt_lib.CHECKPOINT_DIR))
+        latest = tf.train.latest_checkpoint(os.path.join(model_dir, run_dir.CHECKPOINT_DIR))
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
         resumed_from = latest
         log_fn(f"resuming from {latest} (epoch {int(state.epoch) + 1}, step {int(state.step)})")
     learning_rate = _set_learning_rates(model, config, state.learning_rate_scale.numpy())
     if chief:
-        config_lib.write_run_config(config, model_dir)
-    history_path = os.path.join(model_dir, ckpt_lib.HISTORY_JSON)
-    history = (ckpt_lib.read_json(history_path) or []) if chief else []
+        run_dir.write_run_config(config, model_dir)
+    history_path = os.path.join(model_dir, run_dir.HISTORY_JSON)
+    history = (run_dir.read_json(history_path) or []) if chief else []
     history = [h for h in history if h["epoch"] <= int(state.epoch)]
 
     train_ds = pipeline.train_dataset(config, data.train_cache, global_batch,
@@ -329,8 +329,8 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
         if improved or not val_logs:
             _save(best_manager, int(state.step), chief)
             if chief:
-                ckpt_lib.write_json(os.path.join(model_dir, ckpt_lib.BEST_DIR,
-                                                 ckpt_lib.BEST_JSON),
+                run_dir.write_json(os.path.join(model_dir, run_dir.BEST_DIR,
+                                                 run_dir.BEST_JSON),
                                     {"epoch": epoch + 1, "step": int(state.step),
                                      "metric": f"val_{config.train.best_metric}",
                                      "value": selection if val_logs else None,
@@ -344,7 +344,7 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
                                              int(state.step)))
         history.append(entry)
         if chief:
-            ckpt_lib.write_json(history_path, history)
+            run_dir.write_json(history_path, history)
         log_fn(f"epoch {epoch + 1}/{epochs} done: "
                + " ".join(f"{k}={last_logs[k]:.4f}" for k in LOSS_METRICS if k in last_logs)
                + (f" | val total_loss={val_loss:.4f}" if val_logs else "")
@@ -356,10 +356,10 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
     if len(data.val_cache) and chief:
         best = best_manager.latest_checkpoint
         if best:
-            ckpt_lib.inference_checkpoint(model).restore(best).expect_partial()
+            run_dir.inference_checkpoint(model).restore(best).expect_partial()
         calibration = calibrate(model, config, data.val_cache)
         calibration["checkpoint"] = best
-        ckpt_lib.write_json(os.path.join(model_dir, ckpt_lib.CALIBRATION_JSON), calibration)
+        run_dir.write_json(os.path.join(model_dir, run_dir.CALIBRATION_JSON), calibration)
         log_fn(f"threshold {calibration['threshold']:.4f} = quantile "
                f"{calibration['quantile']} of {calibration['num_images']} validation normals")
     elif chief:
