@@ -1,15 +1,16 @@
-"""Tests for grdnet_tf.evaluation.plots: colour table, overlays and PNG files."""
+"""Tests for grdnet_tf.heatmap (colour table) and evaluation.plots (overlays, PNG files)."""
 import os
 
 import cv2
 import numpy as np
 import pytest
 
+from grdnet_tf import heatmap
 from grdnet_tf.evaluation import plots
 
 
 def test_jet_lut_table():
-    lut = plots.JET_LUT
+    lut = heatmap.JET_LUT
     assert lut.shape == (256, 3) and lut.dtype == np.uint8
     assert not lut.flags.writeable
     np.testing.assert_array_equal(lut[0], [0, 0, 128])       # dark blue
@@ -19,13 +20,13 @@ def test_jet_lut_table():
 
 def test_colorize_indexes_the_lut():
     amap = np.array([[0.0, 1.0], [0.5, 2.0]], np.float32)
-    rgb = plots.colorize(amap)
+    rgb = heatmap.colorize(amap)
     assert rgb.shape == (2, 2, 3) and rgb.dtype == np.uint8
-    np.testing.assert_array_equal(rgb[0, 0], plots.JET_LUT[0])
-    np.testing.assert_array_equal(rgb[0, 1], plots.JET_LUT[255])
-    np.testing.assert_array_equal(rgb[1, 0], plots.JET_LUT[128])   # rint(127.5) = 128
-    np.testing.assert_array_equal(rgb[1, 1], plots.JET_LUT[255])   # clipped
-    assert plots.colorize(amap[..., None]).shape == (2, 2, 3)
+    np.testing.assert_array_equal(rgb[0, 0], heatmap.JET_LUT[0])
+    np.testing.assert_array_equal(rgb[0, 1], heatmap.JET_LUT[255])
+    np.testing.assert_array_equal(rgb[1, 0], heatmap.JET_LUT[128])   # rint(127.5) = 128
+    np.testing.assert_array_equal(rgb[1, 1], heatmap.JET_LUT[255])   # clipped
+    assert heatmap.colorize(amap[..., None]).shape == (2, 2, 3)
 
 
 @pytest.mark.parametrize("shape", [(16, 20, 3), (16, 20, 1), (16, 20)])
@@ -34,10 +35,10 @@ def test_overlay_shapes_and_blend(shape):
     amap = np.zeros((16, 20), np.float32)
     out = plots.overlay(image, amap, alpha=0.5)
     assert out.shape == (16, 20, 3) and out.dtype == np.uint8
-    expected = np.rint(0.5 * 100 + 0.5 * plots.JET_LUT[0].astype(np.float32))
+    expected = np.rint(0.5 * 100 + 0.5 * heatmap.JET_LUT[0].astype(np.float32))
     np.testing.assert_array_equal(out[0, 0], expected)
     np.testing.assert_array_equal(plots.overlay(image, amap, alpha=0.0)[..., 0], 100)
-    np.testing.assert_array_equal(plots.overlay(image, amap, alpha=1.0)[0, 0], plots.JET_LUT[0])
+    np.testing.assert_array_equal(plots.overlay(image, amap, alpha=1.0)[0, 0], heatmap.JET_LUT[0])
 
 
 def test_overlay_draws_green_ground_truth_contour():

@@ -1,9 +1,4 @@
-"""Heatmaps, overlays and evaluation plots written as PNG files.
-
-``JET_LUT`` is the one colour map for anomaly heatmaps everywhere: evaluation
-images here and the SavedModel export (which gathers from this same table in TF).
-``colorize`` indexes it with ``round(v * 255)`` (round half to even, like
-``tf.round``) after clipping to [0, 1].
+"""Overlays and evaluation plots written as PNG files (heatmap colours: grdnet_tf.heatmap).
 
 Charts are drawn with matplotlib's object API on an Agg canvas (no pyplot): no GUI
 backend, no global backend switch in the caller's process, no figures left open.
@@ -24,32 +19,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-
-def _jet_lut() -> np.ndarray:
-    # Piecewise-linear jet: blue -> cyan -> yellow -> red, dark at both ends.
-    x = np.linspace(0.0, 1.0, 256)
-    rgb = [np.clip(1.5 - np.abs(4.0 * x - c), 0.0, 1.0) for c in (3.0, 2.0, 1.0)]
-    lut = np.round(np.stack(rgb, axis=-1) * 255.0).astype(np.uint8)
-    lut.flags.writeable = False
-    return lut
+from grdnet_tf import heatmap
 
 
-JET_LUT: np.ndarray = _jet_lut()   # uint8 [256, 3], RGB; read-only
 GT_CONTOUR_RGB = (0, 255, 0)       # ground-truth contour colour in overlays
-
-
-def colorize(anomaly_map) -> np.ndarray:
-    """Map float [H, W] (or [H, W, 1]) values in [0, 1] to uint8 RGB [H, W, 3] via JET_LUT.
-
-    Values outside [0, 1] are clipped; NaN maps to index 0.
-    """
-    a = np.asarray(anomaly_map, dtype=np.float32)
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.ndim != 2:
-        raise ValueError(f"anomaly_map must be [H, W], got shape {a.shape}")
-    idx = np.rint(np.clip(np.nan_to_num(a, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
-    return JET_LUT[idx]
 
 
 def _as_rgb_uint8(image) -> np.ndarray:
@@ -66,7 +39,7 @@ def _as_rgb_uint8(image) -> np.ndarray:
     return img
 
 
-def overlay(image, anomaly_map, gt_mask=None, alpha: float = 0.5) -> np.ndarray:
+def overlay(image, anomaly_map, gt_mask=None, alpha: float = heatmap.ALPHA) -> np.ndarray:
     """Blend a heatmap onto an image and outline the ground truth.
 
     Args:
@@ -82,7 +55,7 @@ def overlay(image, anomaly_map, gt_mask=None, alpha: float = 0.5) -> np.ndarray:
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     img = _as_rgb_uint8(image)
-    heat = colorize(anomaly_map)
+    heat = heatmap.colorize(anomaly_map)
     if heat.shape != img.shape:
         raise ValueError(f"anomaly_map {heat.shape[:2]} must match image {img.shape[:2]}")
     out = (1.0 - alpha) * img.astype(np.float32) + alpha * heat.astype(np.float32)

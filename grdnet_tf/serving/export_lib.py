@@ -26,7 +26,7 @@ Signatures (every input dimension except channels is None: any batch, any size):
   outputs          anomaly_score float32 [B], anomaly_map float32 [B, h, w] in [0, 1],
                    is_anomalous bool [B] (score > threshold), reconstruction uint8
                    [B, h, w, 3]; serve_bytes adds heatmap_png_bytes string [B] (the map in
-                   ``plots.JET_LUT`` colours blended on the image, alpha 0.5, PNG).
+                   ``heatmap.JET_LUT`` colours blended on the image, alpha 0.5, PNG).
 
 All scoring is ``grdnet_tf.scoring.score_images``: the exported outputs equal the in-process
 ones.
@@ -43,14 +43,13 @@ import keras
 import tensorflow as tf
 
 from grdnet_tf import config as config_lib
-from grdnet_tf import keys, run_dir, scoring
-from grdnet_tf.evaluation import plots
+from grdnet_tf import heatmap, keys, run_dir, scoring
 
 METADATA_DIR = "assets.extra"          # TF Serving convention: not read by the server
 METADATA_JSON = "grdnet.json"
 TMP_PREFIX = ".tmp-"                   # <export_dir>/.tmp-<N>-<random> while writing
 OLD_PREFIX = ".old-"                   # a replaced version, deleted after the swap
-HEATMAP_ALPHA = 0.5                    # as plots.overlay
+HEATMAP_ALPHA = heatmap.ALPHA          # as plots.overlay
 HEATMAP_PNG_BYTES = "heatmap_png_bytes"
 SIGNATURES = ("serving_default", "serve_bytes", "serve_roi")
 # Leading bytes of the formats serve_bytes accepts (what tf.io.decode_image sniffs too).
@@ -70,11 +69,11 @@ def to_uint8_rgb(images):
 
 
 def colorize(anomaly_map):
-    """TF twin of ``plots.colorize``: float [..., h, w] -> uint8 [..., h, w, 3] via JET_LUT."""
+    """TF twin of ``heatmap.colorize``: float [..., h, w] -> uint8 [..., h, w, 3] via JET_LUT."""
     anomaly_map = tf.where(tf.math.is_nan(anomaly_map), tf.zeros_like(anomaly_map),
                            anomaly_map)
     index = tf.cast(tf.round(tf.clip_by_value(anomaly_map, 0.0, 1.0) * 255.0), tf.int32)
-    return tf.gather(tf.constant(plots.JET_LUT), index)
+    return tf.gather(tf.constant(heatmap.JET_LUT), index)
 
 
 def heatmap_overlay(images, anomaly_map, alpha=HEATMAP_ALPHA):
