@@ -128,7 +128,8 @@ def score_tiled(model, image, image_size, channels, kernel_size, tile_size, tile
     model size and scored; the raw maps are resized back and stitched by averaging overlaps.
     The stitched map is smoothed with the kernel scaled by tile_size / model size (odd), and
     the image score is its max. `roi` (optional [h, w], nonzero = inside) hard-masks the
-    stitched map before smoothing. Returns (anomaly_map [h, w], anomaly_score scalar).
+    stitched map before smoothing. Returns dict: ANOMALY_MAP float32 [h, w], ANOMALY_SCORE
+    float32 scalar.
     """
     image = tf.convert_to_tensor(image)
     height, width = int(image.shape[0]), int(image.shape[1])
@@ -152,4 +153,4 @@ def score_tiled(model, image, image_size, channels, kernel_size, tile_size, tile
     scale = tile_size / float(min(image_size))
     kernel = 1 if kernel_size <= 1 else int(round(kernel_size * scale)) // 2 * 2 + 1
     smoothed = smooth(stitched[tf.newaxis], kernel)[0]
-    return smoothed, tf.reduce_max(smoothed)
+    return {keys.ANOMALY_MAP: smoothed, keys.ANOMALY_SCORE: tf.reduce_max(smoothed)}

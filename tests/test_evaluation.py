@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from grdnet_tf import keys, run_dir, scoring
+from grdnet_tf import keys, run_dir, run_scoring, scoring
 from grdnet_tf.data import io
 from grdnet_tf.evaluation import eval_lib
 
@@ -125,10 +125,10 @@ def test_missing_ground_truth_and_one_class_test_split(tiny_run, demo_category, 
 def test_hard_roi_masking_silences_outside(tiny_run, demo_category, tmp_path):
     """With use_roi, a sample's map is zero outside its test ROI."""
     run = run_dir.load_for_inference(tiny_run)
-    scorer = eval_lib.Scorer(run, use_roi=True)
+    scorer = run_scoring.Scorer(run, use_roi=True)
     from grdnet_tf.data import mvtec
     sample = [s for s in mvtec.index_test(demo_category) if s.roi_path][0]
-    scored = next(eval_lib.iter_scored(scorer, [sample]))
+    scored = next(run_scoring.iter_scored(scorer, [sample]))
     roi = io.read_mask(sample.roi_path, scorer.image_size)
     kernel = run.config.scoring.smoothing_kernel
     # Smoothing spreads the masked map by kernel // 2 pixels at most.
@@ -184,8 +184,9 @@ def test_tiled_scoring_stitches_by_averaging_overlaps():
 
     image = np.zeros((8, 12, 3), np.float32)
     image[:, 6:] = 1.0  # left half 0, right half 1
-    amap, score = scoring.score_tiled(MeanModel(), image, (8, 8), 3, kernel_size=1,
-                                      tile_size=8, tile_stride=2)
+    out = scoring.score_tiled(MeanModel(), image, (8, 8), 3, kernel_size=1, tile_size=8,
+                              tile_stride=2)
+    amap, score = out[keys.ANOMALY_MAP], out[keys.ANOMALY_SCORE]
     # Windows at x = 0, 2, 4 have means 2/8, 4/8, 6/8. Column 0 is covered by x=0 only,
     # column 5 by all three windows, column 11 by x=4 only.
     np.testing.assert_allclose(amap[:, 0], 0.25, atol=1e-6)
@@ -194,7 +195,7 @@ def test_tiled_scoring_stitches_by_averaging_overlaps():
     assert float(score) == pytest.approx(0.75, abs=1e-6)
     roi = np.zeros((8, 12), np.uint8)
     roi[:, :3] = 1
-    _, masked = scoring.score_tiled(MeanModel(), image, (8, 8), 3, kernel_size=1,
-                                    tile_size=8, tile_stride=2, roi=roi)
+    masked = scoring.score_tiled(MeanModel(), image, (8, 8), 3, kernel_size=1, tile_size=8,
+                                 tile_stride=2, roi=roi)[keys.ANOMALY_SCORE]
     # Inside the ROI (columns 0-2) the largest value is column 2: windows x=0 and x=2.
     assert float(masked) == pytest.approx((0.25 + 0.5) / 2, abs=1e-6)

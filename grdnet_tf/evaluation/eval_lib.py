@@ -1,14 +1,9 @@
-"""Evaluation and prediction of a trained run, through the one scoring module.
+"""Evaluation and prediction of a trained run: metrics, report, plots, overlays, CSVs.
 
-Images are read at their native size and go through `scoring.prepare_images` (the same
-resize the SavedModel does), so evaluated scores equal exported scores. Pixel metrics are
-computed at the model resolution (`data.image_size`); ground truth and test ROIs are resized
-there with nearest neighbour. Overlays are drawn at the image's native resolution.
-With `scoring.tile_size` > 0, each image is scored by tiles at its native resolution
-(`scoring.score_tiled`) and pixel metrics use the native resolution.
+Scoring (native-size images through the one scoring module, tiling, the metrics of a test
+split) is `grdnet_tf.run_scoring`; overlays are drawn at the image's native resolution.
 """
 import csv
-import dataclasses
 import glob
 import os
 
@@ -16,104 +11,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from grdnet_tf import keys, run_dir, scoring
-from grdnet_tf.data import io, mvtec
-from grdnet_tf.evaluation import metrics as metrics_lib
+from grdnet_tf import run_dir, run_scoring
+from grdnet_tf.data import io
 from grdnet_tf.evaluation import plots
-
-
-class Scorer:
-    """A run's model with its scoring settings; one traced graph for any input size.
-
-    Args:
-        run: `run_dir.LoadedRun`.
-        threshold: overrides the run's calibrated threshold when given.
-        use_roi: apply test ROIs as a hard mask of the map (when a sample has one).
-    """
-
-    def __init__(self, run, threshold=None, use_roi=False):
-        self.run = run
-        self.config = run.config
-        self.image_size = tuple(run.config.data.image_size)
-        self.channels = run.config.data.channels
-        self.kernel = run.config.scoring.smoothing_kernel
-        self.threshold = run.threshold if threshold is None else float(threshold)
-        self.use_roi = use_roi
-        self.tile_size = run.config.scoring.tile_size
-        self.tile_stride = run.config.scoring.tile_stride
-        self._score = tf.function(self._score_model_inputs, reduce_retracing=True)
-
-    def _score_model_inputs(self, images, roi):
-        return scoring.score_model_inputs(self.run.model, images, self.kernel, roi=roi)
-
-    def model_inputs(self, image):
-        """Native uint8 [h, w, c] -> float32 [H, W, C] at the model size."""
-        return scoring.prepare_images(tf.constant(image[None]), self.image_size,
-                                      self.channels)[0]
-
-    def score_batch(self, images, rois):
-        """Model-size float images [B, H, W, C] and ROIs [B, H, W] -> numpy outputs."""
-        out = self._score(tf.stack(images), tf.stack(rois))
-        return {k: v.numpy() for k, v in out.items()}
-
-
-@dataclasses.dataclass
-class Scored:
-    """One scored image: `anomaly_map` is the smoothed map at the model resolution."""
-    path: str
-    image: np.ndarray        # native uint8 [h, w, 3 or 1]
-    anomaly_map: np.ndarray  # float32 [H, W]
-    anomaly_score: float
-    sample: object = None
-
-
-def iter_scored(scorer, items, batch_size=8, skip_bad_files=False):
-    """Streams `Scored` results for samples (`mvtec.Sample`) or paths, in order.
-
-    Memory stays bounded by the batch: nothing is kept after it is yielded.
-    """
-    full_roi = tf.ones(scorer.image_size, tf.float32)
-    batch = []
-
-    def flush():
-        images = [b[1] for b in batch]
-        rois = [b[2] for b in batch]
-        out = scorer.score_batch(images, rois)
-        for (item, _, _, native), amap, score in zip(batch, out[keys.ANOMALY_MAP],
-                                                     out[keys.ANOMALY_SCORE]):
-            path = item.path if isinstance(item, mvtec.Sample) else item
-            yield Scored(path=path, image=native, anomaly_map=amap,
-                         anomaly_score=float(score),
-                         sample=item if isinstance(item, mvtec.Sample) else None)
-        batch.clear()
-
-    for item in items:
-        path = item.path if isinstance(item, mvtec.Sample) else item
-        try:
-            native = io.read_image(path, None, 3 if scorer.channels == 3 else 1)
-        except io.ImageReadError:
-            if not skip_bad_files:
-                raise
-            logging.warning("skipping unreadable image %s", path)
-            continue
-        roi = full_roi
-        roi_path = getattr(item, "roi_path", None) if scorer.use_roi else None
-        if scorer.tile_size:  # high resolution: one image at a time, map at native size
-            amap, score = scoring.score_tiled(
-                scorer.run.model, native, scorer.image_size, scorer.channels, scorer.kernel,
-                scorer.tile_size, scorer.tile_stride,
-                roi=io.read_mask(roi_path, native.shape[:2]) if roi_path else None)
-            yield Scored(path=path, image=native, anomaly_map=amap.numpy(),
-                         anomaly_score=float(score),
-                         sample=item if isinstance(item, mvtec.Sample) else None)
-            continue
-        if roi_path:
-            roi = tf.constant(io.read_mask(roi_path, scorer.image_size), tf.float32)
-        batch.append((item, scorer.model_inputs(native), roi, native))
-        if len(batch) == batch_size:
-            yield from flush()
-    if batch:
-        yield from flush()
 
 
 def native_map(anomaly_map, shape):
@@ -165,57 +65,6 @@ def write_report(path, metrics, model_dir, data_dir, checkpoint):
     os.replace(tmp, path)
 
 
-def score_test_split(scorer, data_dir, batch_size=8):
-    """Scores every test image of `data_dir` and computes all metrics (no files written).
-
-    Returns (metrics dict, test paths, scores, samples). Pixel metrics use the model
-    resolution; images whose ground truth is missing are left out of them (noted).
-    """
-    samples = mvtec.index_test(data_dir)
-    labels, scores, maps, masks, rois, defects, paths, notes = [], [], [], [], [], [], [], []
-    missing_gt = 0
-    for scored in iter_scored(scorer, samples, batch_size):
-        s = scored.sample
-        labels.append(s.label)
-        scores.append(scored.anomaly_score)
-        defects.append(s.defect)
-        paths.append(s.path)
-        maps.append(scored.anomaly_map)
-        size = scored.anomaly_map.shape  # model resolution, or native when tiling
-        if s.label == 0:
-            masks.append(np.zeros(size, np.uint8))
-        elif s.mask_path:
-            masks.append(io.read_mask(s.mask_path, size))
-        else:
-            masks.append(None)
-            missing_gt += 1
-        rois.append(io.read_mask(s.roi_path, size) if s.roi_path else None)
-    if missing_gt:
-        notes.append(f"{missing_gt} defect image(s) without ground truth are left out of the "
-                     f"pixel metrics")
-    have_rois = any(r is not None for r in rois)
-    result = metrics_lib.evaluate_all(labels, scores, masks=masks, maps=maps, defects=defects,
-                                      threshold=scorer.threshold,
-                                      rois=rois if have_rois else None)
-    labels_np, scores_np = np.asarray(labels), np.asarray(scores)
-    if len(set(labels)) < 2:
-        notes.append("the test split has only one class: AUROC is undefined")
-    folders = {}
-    for folder in sorted(set(defects)):
-        idx = [i for i, d in enumerate(defects) if d == folder]
-        info = {"count": len(idx), "label": int(labels_np[idx[0]]),
-                "mean_score": float(scores_np[idx].mean())}
-        if scorer.threshold is not None:
-            info["flagged_rate"] = float((scores_np[idx] > scorer.threshold).mean())
-        folders[folder] = info
-    if scorer.threshold is None:
-        notes.append("no calibrated threshold and none was given: threshold metrics are "
-                     "left out")
-    result.update(folders=folders, notes=notes, num_images=len(labels), data_dir=data_dir,
-                  use_roi=scorer.use_roi, threshold=scorer.threshold)
-    return result, paths, scores, samples
-
-
 def evaluate(model_dir, data_dir, output_dir, checkpoint="best", threshold=None,
              batch_size=8, num_overlays=4, use_roi=False, log_fn=logging.info):
     """Scores the test split of `data_dir` and writes metrics, report, plots and overlays.
@@ -223,8 +72,9 @@ def evaluate(model_dir, data_dir, output_dir, checkpoint="best", threshold=None,
     Returns the metrics dict (also written to `output_dir/metrics.json`).
     """
     run = run_dir.load_for_inference(model_dir, checkpoint)
-    scorer = Scorer(run, threshold=threshold, use_roi=use_roi)
-    result, paths, scores, samples = score_test_split(scorer, data_dir, batch_size)
+    scorer = run_scoring.Scorer(run, threshold=threshold, use_roi=use_roi)
+    split = run_scoring.score_test_split(scorer, data_dir, batch_size)
+    result, paths, scores, samples = split.metrics, split.paths, split.scores, split.samples
     labels = [s.label for s in samples]
     defects = [s.defect for s in samples]
     result.update(checkpoint=run.checkpoint_path, model_dir=model_dir,
@@ -267,7 +117,8 @@ def _write_overlays(output_dir, samples_by_path, scorer, paths, scores, count):
     order = np.argsort(np.asarray(scores))
     chosen = [("most", i) for i in order[::-1][:count]] + [("least", i) for i in order[:count]]
     items = [samples_by_path[paths[i]] for _, i in chosen]
-    for (kind, i), scored in zip(chosen, iter_scored(scorer, items, batch_size=len(items))):
+    scored_items = run_scoring.iter_scored(scorer, items, batch_size=len(items))
+    for (kind, i), scored in zip(chosen, scored_items):
         sample = scored.sample
         image = _overlay(scored, sample.mask_path if sample.label else None)
         plots.save_png(os.path.join(overlay_dir, f"{kind}_{scores[i]:.4f}_"
@@ -298,7 +149,7 @@ def predict(model_dir, inputs, output_dir, checkpoint="best", threshold=None, ba
     never leaves a half-written predictions.csv.
     """
     run = run_dir.load_for_inference(model_dir, checkpoint)
-    scorer = Scorer(run, threshold=threshold)
+    scorer = run_scoring.Scorer(run, threshold=threshold)
     if scorer.threshold is None:
         raise ValueError(f"{model_dir} has no calibrated threshold (calibration.json): pass "
                          f"--threshold")
@@ -313,7 +164,8 @@ def predict(model_dir, inputs, output_dir, checkpoint="best", threshold=None, ba
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "score", "is_anomalous"])
-        for scored in iter_scored(scorer, paths, batch_size, skip_bad_files=skip_bad_files):
+        for scored in run_scoring.iter_scored(scorer, paths, batch_size,
+                                              skip_bad_files=skip_bad_files):
             is_anomalous = scored.anomaly_score > scorer.threshold
             writer.writerow([scored.path, f"{scored.anomaly_score:.6f}", int(is_anomalous)])
             count += 1

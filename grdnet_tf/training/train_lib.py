@@ -29,7 +29,7 @@ import keras
 from absl import logging
 
 from grdnet_tf import config as config_lib
-from grdnet_tf import keys, run_dir, scoring
+from grdnet_tf import keys, run_dir, run_scoring, scoring
 from grdnet_tf.data import mvtec, pipeline
 from grdnet_tf.models.grdnet import GRDNet, LOSS_METRICS, make_optimizers
 from grdnet_tf.training import checkpoints as ckpt_lib
@@ -157,10 +157,9 @@ def _progress_line(epoch, epochs, step, step_in_epoch, steps_per_epoch, ips, log
 def evaluate_test_split(model, config, data_dir, summaries, step):
     """Test-split metrics of the current weights, for learning curves (logged, never used
     to select checkpoints or thresholds)."""
-    from grdnet_tf.evaluation import eval_lib
     run = run_dir.LoadedRun(config=config, model=model, checkpoint_path=None,
-                             threshold=None, calibration=None)
-    metrics, _, _, _ = eval_lib.score_test_split(eval_lib.Scorer(run), data_dir)
+                            threshold=None, calibration=None)
+    metrics = run_scoring.score_test_split(run_scoring.Scorer(run), data_dir).metrics
     values = {f"test/{k}": metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro")
               if metrics.get(k) is not None}
     Summaries.scalars(summaries.validation, values, step)
