@@ -152,13 +152,9 @@ def random_batch(config, batch_size, seed=0):
 
 def build_model(config):
     """GRDNet of a config with its three optimizers, every variable created."""
-    from grdnet_tf.models.grdnet import GRDNet, make_optimizers
+    from grdnet_tf.models import build_grdnet
 
-    model = GRDNet.from_config_dict(config)
-    height, width = config.data.image_size
-    model.build_networks((height, width, config.data.channels))
-    model.compile(*make_optimizers(config.optimizer))
-    return model
+    return build_grdnet(config, compile=True)
 
 
 def model_flops(model, config, batch_size):

@@ -41,10 +41,9 @@ SETTINGS = {
 
 def _parameter_counts(config):
     """Trainable + non-trainable parameters of each network of a config."""
-    from grdnet_tf.models.grdnet import GRDNet
+    from grdnet_tf.models import build_grdnet
 
-    model = GRDNet.from_config_dict(config)
-    model.build_networks((*config.data.image_size, config.data.channels))
+    model = build_grdnet(config)
     counts = {net.name: net.count_params()
               for net in (model.generator, model.discriminator, model.segmentator)}
     counts["total"] = sum(counts.values())

@@ -1,7 +1,8 @@
 """Dictionary keys that cross module boundaries, defined once.
 
 Training elements (from ``grdnet_tf.data``) carry IMAGE, PERTURBED, MASK and ROI;
-inference outputs (from ``grdnet_tf.scoring``) carry RECONSTRUCTION, ANOMALY_MAP,
+``GRDNet.call`` returns RECONSTRUCTION and RAW_ANOMALY_MAP; scored outputs (from
+``grdnet_tf.scoring``, also the SavedModel's output names) carry RECONSTRUCTION, ANOMALY_MAP,
 ANOMALY_SCORE and IS_ANOMALOUS.
 """
 
@@ -14,6 +15,7 @@ PATH = "path"                    # source file path (evaluation)
 DEFECT = "defect"                # defect type folder name (evaluation)
 
 RECONSTRUCTION = "reconstruction"  # X̂, like IMAGE
-ANOMALY_MAP = "anomaly_map"        # segmentator output A, float32 [B, H, W] in [0, 1]
+RAW_ANOMALY_MAP = "raw_anomaly_map"  # segmentator output A, float32 [B, H, W] in [0, 1]
+ANOMALY_MAP = "anomaly_map"        # A after ROI masking and smoothing (scoring), like A
 ANOMALY_SCORE = "anomaly_score"    # image score, float32 [B]
 IS_ANOMALOUS = "is_anomalous"      # bool [B]

@@ -18,7 +18,7 @@ import os
 import tensorflow as tf
 
 from grdnet_tf import config as config_lib
-from grdnet_tf.models.grdnet import GRDNet
+from grdnet_tf.models import build_grdnet
 
 CONFIG_JSON = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -106,9 +106,7 @@ def load_for_inference(model_dir, checkpoint="best"):
         raise FileNotFoundError(f"--model_dir={model_dir} does not exist")
     config = load_run_config(model_dir)
     path = find_checkpoint(model_dir, checkpoint)
-    model = GRDNet.from_config_dict(config)
-    height, width = config.data.image_size
-    model.build_networks((height, width, config.data.channels))
+    model = build_grdnet(config)
     inference_checkpoint(model).restore(path).expect_partial().assert_existing_objects_matched()
     calibration = read_calibration(model_dir)
     threshold = None if calibration is None else float(calibration["threshold"])

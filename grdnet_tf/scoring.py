@@ -65,7 +65,7 @@ def score_model_inputs(model, images, kernel_size, roi=None):
     `roi`: optional float [B, H, W] hard mask applied to the raw map before smoothing.
     """
     outputs = model(images, training=False)
-    anomaly_map = outputs[keys.ANOMALY_MAP]
+    anomaly_map = outputs[keys.RAW_ANOMALY_MAP]
     if roi is not None:
         anomaly_map = anomaly_map * roi
     smoothed = smooth(anomaly_map, kernel_size)
@@ -138,7 +138,7 @@ def score_tiled(model, image, image_size, channels, kernel_size, tile_size, tile
     xs = tile_offsets(width, tile_w, tile_stride)
     windows = tf.stack([image[y:y + tile_h, x:x + tile_w] for y in ys for x in xs])
     outputs = model(prepare_images(windows, image_size, channels), training=False)
-    maps = tf.image.resize(outputs[keys.ANOMALY_MAP][..., tf.newaxis], (tile_h, tile_w),
+    maps = tf.image.resize(outputs[keys.RAW_ANOMALY_MAP][..., tf.newaxis], (tile_h, tile_w),
                            method="bilinear")[..., 0]
     total = tf.zeros((height, width))
     count = tf.zeros((height, width))

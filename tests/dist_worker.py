@@ -72,7 +72,7 @@ def mirrored(data_dir, model_dir, out_dir):
     import keras
     import numpy as np
 
-    from grdnet_tf.models.grdnet import GRDNet
+    from grdnet_tf.models import build_grdnet
     from grdnet_tf.training import train_lib
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -85,9 +85,8 @@ def mirrored(data_dir, model_dir, out_dir):
     def build(scope_strategy):
         with scope_strategy.scope():
             keras.utils.set_random_seed(0)
-            model = GRDNet.from_config_dict(config)
-            model.build_networks((*config.data.image_size, config.data.channels))
-            model.compile(*[keras.optimizers.SGD(SGD_LEARNING_RATE) for _ in range(3)])
+            model = build_grdnet(config, compile=True, optimizers=[
+                keras.optimizers.SGD(SGD_LEARNING_RATE) for _ in range(3)])
         return model
 
     single = build(tf.distribute.get_strategy())

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from grdnet_tf import config as config_lib
 from grdnet_tf import keys
-from grdnet_tf.models.grdnet import GRDNet, make_optimizers
+from grdnet_tf.models import build_grdnet
 from grdnet_tf.run_dir import (CALIBRATION_JSON, CHECKPOINT_DIR, write_json,
                                write_run_config)
 from grdnet_tf.training.checkpoints import TrainState, training_checkpoint
@@ -52,10 +52,8 @@ def make_tiny_run(model_dir, seed=0, steps=2, image_size=(32, 32), channels=3,
     config = config_lib.freeze(config)
 
     keras.utils.set_random_seed(seed)
-    model = GRDNet.from_config_dict(config)
+    model = build_grdnet(config, compile=True)
     height, width = config.data.image_size
-    model.build_networks((height, width, channels))
-    model.compile(*make_optimizers(config.optimizer))
 
     rng = np.random.default_rng(seed)
     batch = config.train.batch_size

@@ -179,7 +179,7 @@ def test_tiled_scoring_stitches_by_averaging_overlaps():
     class MeanModel:
         def __call__(self, images, training=False):
             mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)[..., 0]
-            return {keys.ANOMALY_MAP: tf.broadcast_to(mean, tf.shape(images)[:3]),
+            return {keys.RAW_ANOMALY_MAP: tf.broadcast_to(mean, tf.shape(images)[:3]),
                     keys.RECONSTRUCTION: images}
 
     image = np.zeros((8, 12, 3), np.float32)

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from grdnet_tf import keys, losses
 from grdnet_tf.models import networks
-from grdnet_tf.models.grdnet import GRDNet, make_optimizers
+from grdnet_tf.models import build_grdnet
 from dist_worker import make_config
 
 ORDER = ("discriminator", "generator", "segmentator")
@@ -26,10 +26,7 @@ def make_model(seed=0, mixed_precision=False, **loss):
     config = make_config()
     config.loss.update(loss)
     keras.utils.set_random_seed(seed)
-    model = GRDNet.from_config_dict(config)
-    height, width = config.data.image_size
-    model.build_networks((height, width, config.data.channels))
-    model.compile(*make_optimizers(config.optimizer, mixed_precision))
+    model = build_grdnet(config, compile=True, mixed_precision=mixed_precision)
     return model
 
 
@@ -230,4 +227,4 @@ def test_mixed_float16_train_step(mixed_float16):
                 assert scale is None and norm == 0.0, name
     assert all(np.isfinite(v.numpy()).all() for v in model.variables)
     out = model(make_batch(seed=7)[keys.IMAGE])
-    assert out[keys.RECONSTRUCTION].dtype == out[keys.ANOMALY_MAP].dtype == tf.float32
+    assert out[keys.RECONSTRUCTION].dtype == out[keys.RAW_ANOMALY_MAP].dtype == tf.float32

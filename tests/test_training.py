@@ -25,7 +25,7 @@ import tensorflow as tf
 from grdnet_tf import config as config_lib
 from grdnet_tf import keys, run_dir
 from grdnet_tf.data import pipeline
-from grdnet_tf.models.grdnet import GRDNet, make_optimizers
+from grdnet_tf.models import GRDNet, build_grdnet
 from grdnet_tf.training import checkpoints as ckpt_lib
 from grdnet_tf.training import train_lib
 from dist_worker import make_config
@@ -36,7 +36,7 @@ TRAIN_TAGS = {"losses/generator", "losses/adversarial", "losses/contextual", "lo
               "losses/discriminator", "losses/segmentator", "losses/total",
               "learning_rate/generator", "learning_rate/discriminator",
               "learning_rate/segmentator", "grad_norm/generator", "grad_norm/discriminator",
-              "grad_norm/segmentator", "speed/images_per_second", "images/anomaly_map",
+              "grad_norm/segmentator", "speed/images_per_second", "images/raw_anomaly_map",
               "images/reconstruction", "images/image", "images/perturbed", "images/mask",
               "images/roi"}
 
@@ -56,9 +56,7 @@ def nan_generator_loss_at(step):
 
 def restore_latest(config, model_dir):
     """A fresh GRDNet + optimizers + TrainState restored from the latest training checkpoint."""
-    model = GRDNet.from_config_dict(config)
-    model.build_networks((*config.data.image_size, config.data.channels))
-    model.compile(*make_optimizers(config.optimizer))
+    model = build_grdnet(config, compile=True)
     state = ckpt_lib.TrainState()
     path = tf.train.latest_checkpoint(os.path.join(model_dir, run_dir.CHECKPOINT_DIR))
     ckpt_lib.training_checkpoint(model, state).restore(path).assert_existing_objects_matched()

@@ -17,8 +17,8 @@ Losses are reduced over the GLOBAL batch (sum / (per-replica batch x replicas)),
 summed cross-replica gradients equal single-device gradients. Reported metrics are replica
 means (the true loss values).
 
-Inference (`call`): X -> {reconstruction: X̂, anomaly_map: A [B, H, W]}; smoothing and the
-image score live in `grdnet_tf.scoring`.
+Inference (`call`): X -> {reconstruction: X̂, raw_anomaly_map: A [B, H, W]}; smoothing and
+the image score live in `grdnet_tf.scoring`. `build_grdnet(config)` builds it from a config.
 """
 import dataclasses
 
@@ -54,15 +54,7 @@ class GRDNet(keras.Model):
                          for name in LOSS_METRICS + NORM_METRICS}
         self.g_optimizer = self.d_optimizer = self.s_optimizer = None
 
-    @classmethod
-    def from_config_dict(cls, config):
-        """Builds an unbuilt GRDNet from a grdnet_tf config (sections model, data, loss)."""
-        generator, discriminator, segmentator = build_networks(config)
-        return cls(generator, discriminator, segmentator,
-                   loss_weights=dataclasses.asdict(losses.LossWeights.from_config(config.loss)),
-                   name="grdnet")
-
-    def build_networks(self, image_shape):
+    def build_from_shape(self, image_shape):
         """Creates every variable from an image shape (H, W, C); call inside the strategy scope."""
         h, w, c = image_shape
         images = tf.zeros((1, h, w, c))
@@ -97,7 +89,7 @@ class GRDNet(keras.Model):
         segmentator_input = tf.concat([tf.cast(images, reconstruction.dtype), reconstruction],
                                       axis=-1)
         anomaly_map = self.segmentator(segmentator_input, training=training)
-        return {keys.RECONSTRUCTION: reconstruction, keys.ANOMALY_MAP: anomaly_map[..., 0]}
+        return {keys.RECONSTRUCTION: reconstruction, keys.RAW_ANOMALY_MAP: anomaly_map[..., 0]}
 
     def compute_losses(self, data, training):
         """Forward pass and every loss; returns (scalar losses for the global batch, forward).
@@ -210,6 +202,25 @@ def _unscaled_norm(optimizer, grads):
     norm = norm / tf.cast(optimizer.dynamic_scale, norm.dtype)
     finite = tf.math.is_finite(norm)
     return tf.where(finite, norm, 0.0), tf.cast(finite, norm.dtype)
+
+
+def build_grdnet(config, compile=False, mixed_precision=False, optimizers=None):
+    """The GRDNet of a grdnet_tf config (sections model, data, loss), every variable created.
+
+    Variables are created at (data.image_size, data.channels): call inside the strategy
+    scope. With `compile`, the model is compiled with `optimizers` (generator,
+    discriminator, segmentator) or, when None, `make_optimizers(config.optimizer,
+    mixed_precision)`.
+    """
+    generator, discriminator, segmentator = build_networks(config)
+    model = GRDNet(generator, discriminator, segmentator,
+                   loss_weights=dataclasses.asdict(losses.LossWeights.from_config(config.loss)),
+                   name="grdnet")
+    height, width = config.data.image_size
+    model.build_from_shape((height, width, config.data.channels))
+    if compile:
+        model.compile(*(optimizers or make_optimizers(config.optimizer, mixed_precision)))
+    return model
 
 
 def make_optimizers(optimizer_config, mixed_precision=False):

@@ -31,7 +31,7 @@ from absl import logging
 from grdnet_tf import config as config_lib
 from grdnet_tf import keys, run_dir, run_scoring, scoring
 from grdnet_tf.data import mvtec, pipeline
-from grdnet_tf.models.grdnet import GRDNet, LOSS_METRICS, make_optimizers
+from grdnet_tf.models.grdnet import LOSS_METRICS, build_grdnet
 from grdnet_tf.training import checkpoints as ckpt_lib
 from grdnet_tf.training import strategy as strategy_lib
 
@@ -125,7 +125,8 @@ class Summaries:
                                  (keys.PERTURBED, batch[keys.PERTURBED]),
                                  (keys.MASK, batch[keys.MASK]), (keys.ROI, batch[keys.ROI]),
                                  (keys.RECONSTRUCTION, outputs[keys.RECONSTRUCTION]),
-                                 (keys.ANOMALY_MAP, outputs[keys.ANOMALY_MAP][..., None])):
+                                 (keys.RAW_ANOMALY_MAP,
+                                  outputs[keys.RAW_ANOMALY_MAP][..., None])):
                 tf.summary.image(f"images/{name}", tensor, max_outputs=PREVIEW_IMAGES)
         self.train.flush()
 
@@ -207,9 +208,8 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
         1, len(data.train_cache) // global_batch)
 
     with strategy.scope():
-        model = GRDNet.from_config_dict(config)
-        model.build_networks((height, width, config.data.channels))
-        model.compile(*make_optimizers(config.optimizer, config.train.mixed_precision))
+        model = build_grdnet(config, compile=True,
+                             mixed_precision=config.train.mixed_precision)
     # Host-side counters: plain variables (inside the scope they would be MirroredVariables,
     # which int() and float() reject).
     state = ckpt_lib.TrainState()
