@@ -109,7 +109,8 @@ def resumed_run(demo_category, tmp_path_factory):
 
     def train_dataset(*args, **kwargs):
         ds = real_train_dataset(*args, **kwargs)
-        run.datasets.append((kwargs.get("start_step", 0), ds))
+        run.datasets.append((kwargs.get("start_step", 0), ds,
+                             real_train_dataset(*args, **{**kwargs, "start_step": 0})))
         return ds
 
     with pytest.MonkeyPatch.context() as mp:
@@ -142,8 +143,8 @@ def test_resume_continues_from_the_last_checkpoint(resumed_run):
     history = run_dir.read_json(os.path.join(run.model_dir, run_dir.HISTORY_JSON))
     assert [(h["epoch"], h["step"]) for h in history] == [(1, 3), (2, 6), (3, 9)]
     # The resumed stream starts at batch 4 of the stream an uninterrupted run reads.
-    (_, resumed), = [(s, ds) for s, ds in run.datasets if s == 4]
-    (_, fresh), = [(s, ds) for s, ds in run.datasets if s == 0]
+    (start_step, resumed, fresh), = run.datasets  # one stream per run (preview included)
+    assert start_step == 4
     first = next(iter(resumed))
     expected = next(iter(fresh.skip(4)))
     different = next(iter(fresh.skip(3)))
@@ -192,7 +193,7 @@ def test_tensorboard_events(resumed_run):
     assert TRAIN_TAGS <= set(train), TRAIN_TAGS - set(train)
     # Run 1 logged steps 1-5, run 2 steps 5-9 (step 6 of run 1 was NaN and never logged).
     assert sorted(train["losses/generator"]) == list(range(1, 10))
-    assert sorted(train["images/anomaly_map"]) == [2, 4, 6, 8]
+    assert sorted(train["images/raw_anomaly_map"]) == [2, 4, 6, 8]
     last = resumed_run.summary["last_train_logs"]
     assert train["losses/generator"][9] == pytest.approx(last["generator_loss"])
     assert train["grad_norm/segmentator"][9] == pytest.approx(last["segmentator_grad_norm"])
@@ -251,6 +252,24 @@ def test_interrupted_run_resumes_from_the_last_checkpoint(plateau_run):
     assert [int(o.iterations) for o in summary["model"].optimizers.values()] == [8, 8, 8]
     history = run_dir.read_json(os.path.join(run.model_dir, "history.json"))
     assert [(h["epoch"], h["step"]) for h in history] == [(1, 2), (2, 4), (3, 6), (4, 8)]
+
+
+def test_update_plateau():
+    """The reduce-on-plateau rule, step by step from TrainState's initial (inf, 0, 1.0)."""
+    best, wait, scale = math.inf, 0, 1.0
+    steps = []
+    for val_loss in (3.0, 2.0, 2.5, 2.2, 1.0, 1.0, 1.0, 1.0):
+        best, wait, scale, reduced = train_lib.update_plateau(best, wait, scale, val_loss,
+                                                              patience=2, factor=0.5)
+        steps.append((best, wait, scale, reduced))
+    assert steps == [(3.0, 0, 1.0, False), (2.0, 0, 1.0, False),
+                     (2.0, 1, 1.0, False), (2.0, 0, 0.5, True),    # 2 epochs without a new best
+                     (1.0, 0, 0.5, False), (1.0, 1, 0.5, False),   # equal is no improvement
+                     (1.0, 0, 0.25, True), (1.0, 1, 0.25, False)]
+    assert train_lib.update_plateau(2.0, 0, 1.0, 2.5, patience=1, factor=0.1) == (
+        2.0, 0, 0.1, True)
+    assert train_lib.update_plateau(2.0, 3, 0.1, 1.5, patience=1, factor=0.1) == (
+        1.5, 0, 0.1, False)
 
 
 def test_plateau_reduces_every_learning_rate(plateau_run):

@@ -8,13 +8,15 @@
      updates), reduced across replicas; a NaN/Inf loss stops the run before anything is saved;
   4. every `checkpoint_every_steps` and at each epoch end: a checkpoint (networks, optimizers,
      epoch, step, plateau state), so a killed run loses at most the work since then;
-  5. per epoch: validation loss (fixed-seed synthetic anomalies on held-out normals),
-     reduce-on-plateau over all three optimizers, the best checkpoint by validation loss;
+  5. per epoch (`end_epoch`): validation loss (fixed-seed synthetic anomalies on held-out
+     normals), reduce-on-plateau over all three optimizers (`update_plateau`), the best
+     checkpoint by validation loss, the history entry;
   6. at the end: the threshold is calibrated on the validation normals with the best weights.
 
 The loop is a small custom loop around `GRDNet.train_step` rather than `model.fit`, because
 `fit` cannot resume in the middle of an epoch and fails under MultiWorkerMirroredStrategy
-(Keras 3.15, see tf-notes); `GRDNet` still works with `model.fit` for users who want it.
+(Keras 3.15, see docs/tf-notes.md); `GRDNet` still works with `model.fit` for users who want
+it.
 Only the chief writes checkpoints that count, summaries, the config and the calibration.
 """
 import dataclasses
@@ -98,9 +100,9 @@ class Summaries:
 
     def __init__(self, model_dir, chief):
         if chief:
-            self.train = tf.summary.create_file_writer(os.path.join(model_dir, "logs", "train"))
-            self.validation = tf.summary.create_file_writer(
-                os.path.join(model_dir, "logs", "validation"))
+            logs = os.path.join(model_dir, run_dir.LOGS_DIR)
+            self.train = tf.summary.create_file_writer(os.path.join(logs, "train"))
+            self.validation = tf.summary.create_file_writer(os.path.join(logs, "validation"))
         else:
             self.train = self.validation = tf.summary.create_noop_writer()
 
@@ -182,16 +184,90 @@ def calibrate(model, config, val_cache, batch_size=16):
             "score_mean": float(np.mean(scores)), "score_max": float(np.max(scores))}
 
 
+def update_plateau(best, wait, scale, val_loss, patience, factor):
+    """Reduce-on-plateau after one validation; returns (best, wait, scale, reduced).
+
+    A validation loss below `best` becomes the new best and resets the wait; after
+    `patience` validations without one, the learning-rate scale is multiplied by `factor`
+    and the wait starts again.
+    """
+    if val_loss < best:
+        return val_loss, 0, scale, False
+    wait += 1
+    if wait >= patience:
+        return best, 0, scale * factor, True
+    return best, wait, scale, False
+
+
+def validation_logs(model, validation_step, val_ds):
+    """Metrics of one pass over the validation stream ({} when it is empty)."""
+    model.reset_metrics()
+    logs = {}
+    for batch in val_ds:
+        logs = validation_step(batch)
+    return _scalar_logs(logs)
+
+
+def end_epoch(epoch, train_logs, val_logs, learning_rate, *, model, config, state, manager,
+              best_manager, summaries, history, model_dir, data_dir, chief, log_fn):
+    """Plateau, the epoch-end and best checkpoints and the history entry of epoch `epoch`
+    (0-based) from its validation logs; returns the (possibly reduced) learning rate."""
+    epochs = int(config.train.epochs)
+    step = int(state.step)
+    val_loss = val_logs.get("total_loss", float("nan"))
+    if val_logs:
+        Summaries.scalars(summaries.validation, val_logs, step)
+        if not math.isfinite(val_loss):
+            raise FloatingPointError(f"non-finite validation loss at epoch {epoch + 1}")
+        best, wait, scale, reduced = update_plateau(
+            float(state.plateau_best), int(state.plateau_wait),
+            float(state.learning_rate_scale), val_loss, config.optimizer.plateau_patience,
+            config.optimizer.plateau_factor)
+        state.plateau_best.assign(best)
+        state.plateau_wait.assign(wait)
+        state.learning_rate_scale.assign(scale)
+        if reduced:
+            learning_rate = _set_learning_rates(model, config, state.learning_rate_scale.numpy())
+            log_fn(f"validation loss has not improved for "
+                   f"{config.optimizer.plateau_patience} epochs: learning rate -> "
+                   f"{learning_rate:.3g}")
+    selection = val_logs.get(config.train.best_metric, float("nan"))
+    improved = bool(val_logs) and selection < float(state.best_val_loss)
+    if improved:
+        state.best_val_loss.assign(selection)
+    _save(manager, step, chief)
+    if improved or not val_logs:
+        _save(best_manager, step, chief)
+        if chief:
+            run_dir.write_json(os.path.join(model_dir, run_dir.BEST_DIR, run_dir.BEST_JSON),
+                               {"epoch": epoch + 1, "step": step,
+                                "metric": f"val_{config.train.best_metric}",
+                                "value": selection if val_logs else None,
+                                "val_total_loss": val_loss if val_logs else None})
+    entry = {"epoch": epoch + 1, "step": step, "learning_rate": learning_rate,
+             **{f"train_{k}": v for k, v in train_logs.items()},
+             **{f"val_{k}": v for k, v in val_logs.items()}}
+    every = int(config.train.eval_every_epochs)
+    if chief and every and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
+        entry.update(evaluate_test_split(model, config, data_dir, summaries, step))
+    history.append(entry)
+    if chief:
+        run_dir.write_json(os.path.join(model_dir, run_dir.HISTORY_JSON), history)
+    log_fn(f"epoch {epoch + 1}/{epochs} done: "
+           + " ".join(f"{k}={train_logs[k]:.4f}" for k in LOSS_METRICS if k in train_logs)
+           + (f" | val total_loss={val_loss:.4f}" if val_logs else "")
+           + (" (best)" if improved else ""))
+    return learning_rate
+
+
 def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
     """Trains (or resumes) a GRD-Net run in `model_dir`; returns a summary dict."""
     config_lib.validate(config)
     if not model_dir:
         raise ValueError("--model_dir is required")
+    keras.utils.set_random_seed(config.seed)
     if config.train.deterministic:
-        keras.utils.set_random_seed(config.seed)
         tf.config.experimental.enable_op_determinism()
-    else:
-        keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_global_policy(
         "mixed_float16" if config.train.mixed_precision else "float32")
     strategy = strategy or strategy_lib.make_strategy(config.train.strategy)
@@ -199,7 +275,6 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
     _, task_id = strategy_lib.task_info(strategy)
 
     data = load_train_data(config, data_dir)
-    height, width = config.data.image_size
     global_batch = int(config.train.batch_size)
     if global_batch % strategy.num_replicas_in_sync:
         raise ValueError(f"train.batch_size={global_batch} must be divisible by the "
@@ -230,8 +305,8 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
     learning_rate = _set_learning_rates(model, config, state.learning_rate_scale.numpy())
     if chief:
         run_dir.write_run_config(config, model_dir)
-    history_path = os.path.join(model_dir, run_dir.HISTORY_JSON)
-    history = (run_dir.read_json(history_path) or []) if chief else []
+    history = ((run_dir.read_json(os.path.join(model_dir, run_dir.HISTORY_JSON)) or [])
+               if chief else [])
     history = [h for h in history if h["epoch"] <= int(state.epoch)]
 
     train_ds = pipeline.train_dataset(config, data.train_cache, global_batch,
@@ -240,27 +315,21 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
     iterator = iter(strategy.experimental_distribute_dataset(train_ds))
     val_ds = pipeline.validation_dataset(config, data.val_cache, global_batch,
                                          texture_cache=data.texture_cache)
-    preview = {k: v[:PREVIEW_IMAGES] for k, v in next(iter(pipeline.train_dataset(
-        config, data.train_cache, global_batch, texture_cache=data.texture_cache))).items()}
+    # The first batch of this stream, read by a second iterator (the stream is stateless).
+    preview = {k: v[:PREVIEW_IMAGES] for k, v in next(iter(train_ds)).items()}
     summaries = Summaries(model_dir, chief)
 
-    def replica_step(batch):
-        return model.train_step(batch)
-
-    @tf.function(jit_compile=config.train.jit_compile or None)
-    def compiled_replica_step(batch):
-        return replica_step(batch)
+    replica_step = model.train_step
+    if config.train.jit_compile:
+        replica_step = tf.function(model.train_step, jit_compile=True)
 
     @tf.function
     def distributed_step(batch):
-        per_replica = strategy.run(compiled_replica_step if config.train.jit_compile
-                                   else replica_step, args=(batch,))
+        per_replica = strategy.run(replica_step, args=(batch,))
         return {name: strategy.reduce("MEAN", value, axis=None)
                 for name, value in per_replica.items()}
 
-    @tf.function
-    def validation_step(batch):
-        return model.test_step(batch)
+    validation_step = tf.function(model.test_step)
 
     epochs = int(config.train.epochs)
     log_fn(f"training {len(data.train_cache)} images ({len(data.val_cache)} validation), "
@@ -293,61 +362,13 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
                     and int(state.step_in_epoch) < steps_per_epoch):
                 _save(manager, step, chief)
 
-        # End of epoch: validation, plateau, best checkpoint, history.
         state.epoch.assign(epoch + 1)
         state.step_in_epoch.assign(0)
-        model.reset_metrics()
-        val_logs = {}
-        for batch in val_ds:
-            val_logs = validation_step(batch)
-        val_logs = _scalar_logs(val_logs)
-        val_loss = val_logs.get("total_loss", float("nan"))
-        if val_logs:
-            Summaries.scalars(summaries.validation, val_logs, int(state.step))
-            if not math.isfinite(val_loss):
-                raise FloatingPointError(f"non-finite validation loss at epoch {epoch + 1}")
-        if val_logs and val_loss < float(state.plateau_best):
-            state.plateau_best.assign(val_loss)
-            state.plateau_wait.assign(0)
-        elif val_logs:
-            state.plateau_wait.assign_add(1)
-            if int(state.plateau_wait) >= config.optimizer.plateau_patience:
-                state.learning_rate_scale.assign(
-                    float(state.learning_rate_scale) * config.optimizer.plateau_factor)
-                state.plateau_wait.assign(0)
-                learning_rate = _set_learning_rates(model, config,
-                                                    state.learning_rate_scale.numpy())
-                log_fn(f"validation loss has not improved for "
-                       f"{config.optimizer.plateau_patience} epochs: learning rate -> "
-                       f"{learning_rate:.3g}")
-        selection = val_logs.get(config.train.best_metric, float("nan"))
-        improved = bool(val_logs) and selection < float(state.best_val_loss)
-        if improved:
-            state.best_val_loss.assign(selection)
-        _save(manager, int(state.step), chief)
-        if improved or not val_logs:
-            _save(best_manager, int(state.step), chief)
-            if chief:
-                run_dir.write_json(os.path.join(model_dir, run_dir.BEST_DIR,
-                                                 run_dir.BEST_JSON),
-                                    {"epoch": epoch + 1, "step": int(state.step),
-                                     "metric": f"val_{config.train.best_metric}",
-                                     "value": selection if val_logs else None,
-                                     "val_total_loss": val_loss if val_logs else None})
-        entry = {"epoch": epoch + 1, "step": int(state.step), "learning_rate": learning_rate,
-                 **{f"train_{k}": v for k, v in last_logs.items()},
-                 **{f"val_{k}": v for k, v in val_logs.items()}}
-        every = int(config.train.eval_every_epochs)
-        if chief and every and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
-            entry.update(evaluate_test_split(model, config, data_dir, summaries,
-                                             int(state.step)))
-        history.append(entry)
-        if chief:
-            run_dir.write_json(history_path, history)
-        log_fn(f"epoch {epoch + 1}/{epochs} done: "
-               + " ".join(f"{k}={last_logs[k]:.4f}" for k in LOSS_METRICS if k in last_logs)
-               + (f" | val total_loss={val_loss:.4f}" if val_logs else "")
-               + (" (best)" if improved else ""))
+        learning_rate = end_epoch(
+            epoch, last_logs, validation_logs(model, validation_step, val_ds), learning_rate,
+            model=model, config=config, state=state, manager=manager,
+            best_manager=best_manager, summaries=summaries, history=history,
+            model_dir=model_dir, data_dir=data_dir, chief=chief, log_fn=log_fn)
 
     # Threshold calibration with the best weights on the clean validation normals.
     # Only the chief calibrates (another worker would read best/ while the chief writes it).
@@ -370,4 +391,4 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
             "resumed_from": resumed_from, "best_val_loss": float(state.best_val_loss),
             "threshold": None if calibration is None else calibration["threshold"],
             "last_train_logs": last_logs, "checkpoint": manager.latest_checkpoint,
-            "logs_dir": os.path.join(model_dir, "logs"), "model": model}
+            "logs_dir": os.path.join(model_dir, run_dir.LOGS_DIR), "model": model}
