@@ -1,6 +1,6 @@
 """The one scoring module: evaluation, prediction and the exported SavedModel all use it.
 
-Pipeline (method.md §5), all TensorFlow ops so it runs inside a SavedModel graph:
+Pipeline (docs/method.md §5), all TensorFlow ops so it runs inside a SavedModel graph:
 
   images (uint8 or float, any size, 1 or 3 channels)
     -> `prepare_images`: channels converted, resized to the model size, float32 in [0, 1]

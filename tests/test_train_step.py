@@ -1,7 +1,7 @@
 """GRDNet.train_step on a tiny model (32x32, widths 4-8, one stage per network), eagerly, on
 fixed random batches.
 
-What one step must do (method.md §3): a discriminator update over discriminator weights only,
+What one step must do (docs/method.md §3): a discriminator update over discriminator weights only,
 a generator update over generator weights only (the adversarial feature-matching term
 reaching the generator through X̂), a segmentator update over segmentator weights only, with
 one generator forward. Gradient isolation is checked against gradients computed here from
@@ -61,7 +61,7 @@ def record_updates(model, monkeypatch):
 
 
 def reference_gradients(model, batch):
-    """Each network's gradient of its own loss (method.md §3), batch means."""
+    """Each network's gradient of its own loss (docs/method.md §3), batch means."""
     w = model.weights_
     x, x_n = batch[keys.IMAGE], batch[keys.PERTURBED]
     gen, disc, seg = model.generator, model.discriminator, model.segmentator

@@ -1,7 +1,7 @@
 """GRDNet: the one Keras model that owns GRD-Net training and inference.
 
 It holds the generator, discriminator and segmentator, three optimizers (one per network)
-and the loss weights. `train_step` does, per batch (method.md §3):
+and the loss weights. `train_step` does, per batch (docs/method.md §3):
 
   1. one generator forward X_n -> (X̂, z, ẑ) and discriminator forwards on X and X̂ under a
      persistent tape;
