@@ -36,6 +36,7 @@ sys.path.insert(0, REPO_ROOT)
 
 from grdnet_tf import config as config_lib  # noqa: E402
 from grdnet_tf import keys  # noqa: E402
+from grdnet_tf.models import build_grdnet  # noqa: E402
 
 # Ops whose FLOPs are the model's arithmetic (2 per multiply-add).
 MODEL_OPS = ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter", "MatMul",
@@ -150,13 +151,6 @@ def random_batch(config, batch_size, seed=0):
             keys.ROI: tf.ones((batch_size, height, width, 1))}
 
 
-def build_model(config):
-    """GRDNet of a config with its three optimizers, every variable created."""
-    from grdnet_tf.models import build_grdnet
-
-    return build_grdnet(config, compile=True)
-
-
 def model_flops(model, config, batch_size):
     """Per-image GFLOP of each network's forward, inference and the full training step."""
     height, width = config.data.image_size
@@ -207,7 +201,7 @@ def main():
         config = load_config(name)
         result["configs"][name] = {
             "image_size": list(config.data.image_size),
-            "per_image": model_flops(build_model(config), config, args.batch_size)}
+            "per_image": model_flops(build_grdnet(config, compile=True), config, args.batch_size)}
     os.makedirs(os.path.join(REPO_ROOT, "bench", "results"), exist_ok=True)
     path = os.path.join(REPO_ROOT, "bench", "results", "flops.json")
     with open(path + ".tmp", "w", encoding="utf-8") as f:

@@ -44,6 +44,7 @@ import ceiling  # noqa: E402
 import flops  # noqa: E402
 from grdnet_tf import config as config_lib  # noqa: E402
 from grdnet_tf import run_dir, scoring  # noqa: E402
+from grdnet_tf.models import build_grdnet  # noqa: E402
 from grdnet_tf.serving import export_lib  # noqa: E402
 from grdnet_tf.training import checkpoints  # noqa: E402
 from train_step import keras_batchnorm, profile_steps  # noqa: E402
@@ -58,7 +59,7 @@ def make_run(config, model_dir, seed=0, threshold=0.5):
     import keras
 
     keras.utils.set_random_seed(seed)
-    model = flops.build_model(config)
+    model = build_grdnet(config, compile=True)
     run_dir.write_run_config(config, model_dir)
     state = checkpoints.TrainState()
     manager = tf.train.CheckpointManager(checkpoints.training_checkpoint(model, state),

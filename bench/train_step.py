@@ -81,6 +81,7 @@ import tensorflow as tf  # noqa: E402  (threading must be configured before TF s
 import ceiling  # noqa: E402
 import flops  # noqa: E402
 from grdnet_tf import keys  # noqa: E402
+from grdnet_tf.models import build_grdnet  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- step variants
@@ -161,7 +162,7 @@ def before_after(config, model, batch, step, rounds, log):
     both see the same load; medians of `rounds` each.
     """
     with keras_batchnorm():
-        old = flops.build_model(config)
+        old = build_grdnet(config, compile=True)
     for new_var, old_var in zip(model.variables, old.variables):
         if new_var.shape != old_var.shape:
             raise ValueError(f"variable mismatch {new_var.path} / {old_var.path}")
@@ -414,7 +415,7 @@ def run_config(name, args, log):
     config = flops.load_config(name, args.set)
     batch_size = args.batch_size
     tf.keras.utils.set_random_seed(0)
-    model = flops.build_model(config)
+    model = build_grdnet(config, compile=True)
     batch = flops.random_batch(config, batch_size)
     result = {"config": name, "overrides": list(args.set),
               "image_size": list(config.data.image_size),

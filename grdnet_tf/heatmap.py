@@ -1,8 +1,8 @@
 """The one colour map of anomaly heatmaps: evaluation overlays and the SavedModel's PNGs.
 
 ``JET_LUT`` is used by the evaluation overlays (``colorize``, numpy) and by the export's
-``serve_bytes`` (``export_lib.colorize`` gathers from this same table in TF). ``colorize`` indexes it with
-``round(v * 255)`` (round half to even, like ``tf.round``) after clipping to [0, 1].
+``serve_bytes`` (``export_lib.colorize`` gathers from this same table in TF). Both index it
+with ``round(v * 255)`` (round half to even, like ``tf.round``) after clipping to [0, 1].
 
 No TensorFlow here: the plots must import fast.
 """
