@@ -5,7 +5,7 @@ import os
 import tensorflow as tf
 from absl import logging
 
-STRATEGIES = ("auto", "mirrored", "multi_worker", "default")
+from grdnet_tf import choices
 
 
 def make_strategy(name):
@@ -14,8 +14,7 @@ def make_strategy(name):
     multi_worker: MultiWorkerMirroredStrategy configured by the TF_CONFIG variable.
     default: the default (single-device) strategy.
     """
-    if name not in STRATEGIES:
-        raise ValueError(f"strategy={name!r} is not allowed; choose one of {STRATEGIES}")
+    choices.check("strategy", name, choices.STRATEGIES)
     if name == "multi_worker":
         if not os.environ.get("TF_CONFIG"):
             raise ValueError("strategy='multi_worker' needs the TF_CONFIG environment variable "
