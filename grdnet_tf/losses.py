@@ -1,4 +1,5 @@
-"""GRD-Net losses (paper eqs. 1-6) as small functions returning per-example values [B].
+"""GRD-Net losses (paper eqs. 1-6, docs/method.md §3) as small functions returning
+per-example values [B].
 
 Per-example values let the caller reduce them for the global batch under a distribution
 strategy (sum / global batch size). All computations are float32, also under mixed precision.
@@ -98,7 +99,9 @@ def discriminator_loss(logit_real, logit_fake):
 
 def focal_loss(target, prediction, gamma=_DEFAULTS.focal_gamma,
                alpha=_DEFAULTS.focal_alpha):
-    """Binary focal loss per example (mean over pixels) on probabilities [B, H, W, 1]."""
+    """Binary focal loss per example (mean over pixels) on probabilities [B, H, W, 1].
+
+    Keras applies alpha only with apply_class_balancing=True (docs/tf-notes.md)."""
     target, prediction = _f32(target, prediction)
     per_pixel = keras.losses.binary_focal_crossentropy(
         target, prediction, apply_class_balancing=alpha >= 0,

@@ -1,4 +1,4 @@
-"""Synthetic anomalies and joint geometric augmentation of one example (method.md §1).
+"""Synthetic anomalies and joint geometric augmentation of one example (docs/method.md §1).
 
 Per example, in this order (**Decision**):
 
@@ -99,7 +99,8 @@ def rotation_transform(angle, height, width):
 
 
 def rotate(image, angle, interpolation="BILINEAR"):
-    """Rotates ``[H, W, C]`` about its centre by ``angle`` radians, REFLECT fill.
+    """Rotates ``[H, W, C]`` about its centre by ``angle`` radians, REFLECT fill (the
+    tensorflow-addons replacement of docs/tf-notes.md).
 
     ``interpolation`` is "BILINEAR" (images) or "NEAREST" (masks: values stay binary).
     """

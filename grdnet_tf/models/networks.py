@@ -5,7 +5,7 @@ Discriminator: residual encoder + global pooling + one logit; returns (features,
 Segmentator: U-Net on the channel concatenation of two images; one sigmoid map.
 
 Reference: Ferrari, Fraccaroli, Lamma, "GRD-Net: Generative-Reconstructive-Discriminative
-Anomaly Detection with Region of Interest Attention Module", 2023, §3.
+Anomaly Detection with Region of Interest Attention Module", 2023, §3; docs/method.md §2.
 """
 import keras
 from keras import layers, ops
@@ -20,7 +20,8 @@ def track_layer(owner, layer):
 
     Layers in Python lists end up in a Keras `TrackedList`, which TensorFlow's object graph
     does not see: `tf.train.Checkpoint` would silently skip their variables (batch-norm
-    statistics would never be saved). Named attributes are seen by both Keras and TF.
+    statistics would never be saved; docs/tf-notes.md). Named attributes are seen by both
+    Keras and TF.
     """
     setattr(owner, layer.name, layer)
     owner.block_names.append(layer.name)

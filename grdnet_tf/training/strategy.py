@@ -42,8 +42,9 @@ def _check_onednn_off_for_multi_worker():
     """TensorFlow 2.21 corrupts the heap (the workers die with SIGSEGV/SIGABRT) when
     MultiWorkerMirroredStrategy all-reduces the gradient of a 1x1 stride-2 convolution (the
     projection shortcut of every downsampling residual block) computed by oneDNN on CPU.
-    TF_ENABLE_ONEDNN_OPTS=0 avoids it; it is read when TensorFlow loads, so grdnet-train sets
-    it before importing TensorFlow and library users must set it in the environment."""
+    TF_ENABLE_ONEDNN_OPTS=0 avoids it (docs/tf-notes.md); it is read when TensorFlow loads,
+    so grdnet-train sets it before importing TensorFlow and library users must set it in the
+    environment."""
     if _onednn_enabled() and not tf.config.list_physical_devices("GPU"):
         raise ValueError(
             "strategy='multi_worker' on CPU needs TF_ENABLE_ONEDNN_OPTS=0 in the environment "
