@@ -5,9 +5,10 @@ here; the files in ``configs/`` start from :func:`base_config` and change a few 
 ``--config.KEY=VALUE`` (or :func:`with_overrides`) changes single keys. Each key is
 documented next to its default in :func:`base_config` (the paper's value where the paper
 gives one; docs/method.md cites the sections). :func:`validate` is the one place where the
-values are checked: a config that passes :func:`freeze` is accepted by every stage (the
-allowed names come from :mod:`grdnet_tf.choices`). A run writes its resolved config to
-``<model_dir>/config.json``; evaluation and export read it back with :func:`load_run_config`.
+values are checked (the allowed names come from :mod:`grdnet_tf.choices`): a config that
+passes :func:`freeze` is not rejected later for its values, only for its data (missing
+folders, too few images, a batch not divisible by the replicas). A run writes its resolved
+config into its run directory, where evaluation and export read it back.
 """
 import json
 import math
