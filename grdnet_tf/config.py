@@ -1,73 +1,14 @@
 """The one configuration schema of grdnet_tf (ml_collections), with validation.
 
 Every numeric choice of data synthesis, networks, losses, optimisation and scoring lives
-here; the files in ``configs/`` start from :func:`base_config` and change a few values.
-A run writes its resolved config to ``<model_dir>/config.json``; evaluation and export
-read it back with :func:`grdnet_tf.run_dir.load_run_config`.
-
-Key reference (defaults are the paper's where the paper gives one):
-
-data
-  image_size        (height, width) the networks see; both divisible by 2**stages.
-  channels          1 (grayscale) or 3 (RGB); input images are converted.
-  roi_dir           folder with one ROI mask per training image (same stem); "" means
-                    ``<category>/train/roi`` when it exists, else whole-image ROIs.
-  val_fraction      held-out seeded fraction of train/good used for validation when the
-                    category has no ``validation/good`` folder.
-  skip_bad_files    skip unreadable images (counted and reported) instead of failing.
-  use_roi           False ignores every ROI file (whole-image ROIs), for ablations.
-synthesis (Perlin anomalies, method.md §1)
-  anomaly_prob      q: probability that a training sample gets an anomaly.
-  perlin_min_scale_log2 / perlin_max_scale_log2: Perlin grid scale 2**k per axis.
-  perlin_threshold  threshold on the noise in [-1, 1]-ish range giving the binary mask.
-  perlin_rotation_deg: the Perlin noise is rotated by U(-r, r) before thresholding.
-  beta_min, beta_max: blending factor beta ~ U(beta_min, beta_max).
-  texture_*_weight  relative odds of the texture sources colour/self/perlin/external.
-  texture_dir       optional folder of external textures (DTD-like), searched recursively.
-  colour_smooth_prob: probability that a colour texture is a smooth random field (bilinear
-                    upsampling of a random grid) rather than one uniform colour.
-  colour_field_min_cells / colour_field_max_cells: cells per axis of that random grid.
-  rotation_deg      rotation augmentation range [-r, r] (0 disables).
-  flip_horizontal, flip_vertical: optional flips.
-model
-  base_width, stages, blocks_per_stage, max_width: generator encoder/decoder widths
-                    (width of stage i = min(base_width * 2**i, max_width)).
-  bottleneck        "conv" (latent_channels x H/2**stages x W/2**stages) or "dense"
-                    (latent_dim vector; ties the generator to data.image_size).
-  norm              "batch", "group", "instance" or "none".
-  disc_base_width, disc_stages: discriminator.
-  seg_base_width, seg_depth: segmentator U-Net.
-  attention         "none", "se" (Squeeze-and-Excitation, Hu et al. 2018) or "cbam" (Woo et
-                    al. 2018) in the residual blocks of the generator, the discriminator and
-                    the segmentator's encoder; "none" is the paper's network.
-  attention_reduction: reduction ratio r of the attention MLPs (16; hidden width
-                    max(C // r, 8), at most C).
-loss (method.md §3)
-  w_adv, w_con, w_enc: w1, w2, w3 of L_gan.   w_l1, w_ssim: wa, wb of L_con.
-  enc_norm          "l2" or "l1".   w_focal: weight of the segmentator focal loss.
-  focal_gamma, focal_alpha: focal loss parameters (alpha < 0 disables class balancing).
-  roi_mode          "target": FL(A, M*ROI) (default); "prediction": FL(A*ROI, M*ROI).
-optimizer
-  learning_rate, beta_1, beta_2: Adam, one per network.
-  plateau_patience, plateau_factor, min_learning_rate: reduce-on-plateau.
-train
-  epochs, batch_size (global), steps_per_epoch (0 = one pass over train images),
-  strategy ("auto", "mirrored", "multi_worker", "default"), mixed_precision,
-  jit_compile, checkpoint_every_steps, keep_checkpoints, log_every_steps,
-  image_every_steps, deterministic,
-  best_metric       which validation loss picks the best checkpoint (lower is better):
-                    "segmentator_loss" (default: the focal loss of the anomaly maps on
-                    fixed-seed synthetic anomalies, what detection depends on) or
-                    "total_loss" (L_gan + focal, dominated by the w2=50 reconstruction term).
-  The plateau schedule always follows the validation total_loss (the paper's choice).
-  eval_every_epochs every N epochs, score the category's test split with the current
-                    weights and log image/pixel AUROC and AUPRO (TensorBoard "test/...",
-                    history.json) for learning curves; 0 = off. Logged only: checkpoint
-                    selection and the threshold never look at the test split.
-scoring (method.md §5)
-  smoothing_kernel  average-pooling window (21 in the paper; 1 disables).
-  threshold_quantile quantile of validation-normal scores used as threshold.
-  tile_size, tile_stride: 0 disables tiling.
+here; the files in ``configs/`` start from :func:`base_config` and change a few values, and
+``--config.KEY=VALUE`` (or :func:`with_overrides`) changes single keys. Each key is
+documented next to its default in :func:`base_config` (the paper's value where the paper
+gives one; docs/method.md cites the sections). :func:`validate` is the one place where the
+values are checked (the allowed names come from :mod:`grdnet_tf.choices`): a config that
+passes :func:`freeze` is not rejected later for its values, only for its data (missing
+folders, too few images, a batch not divisible by the replicas). A run writes its resolved
+config into its run directory, where evaluation and export read it back.
 """
 import json
 import math
@@ -75,23 +16,26 @@ import os
 
 import ml_collections
 
+from grdnet_tf import choices
+
 ALLOWED = {
-    "data.channels": (1, 3),
-    "model.bottleneck": ("conv", "dense"),
-    "model.norm": ("batch", "group", "instance", "none"),
-    "model.attention": ("none", "se", "cbam"),
-    "loss.enc_norm": ("l2", "l1"),
-    "loss.roi_mode": ("target", "prediction"),
-    "train.strategy": ("auto", "mirrored", "multi_worker", "default"),
-    "train.best_metric": ("segmentator_loss", "total_loss"),
+    "data.channels": choices.CHANNELS,
+    "model.bottleneck": choices.BOTTLENECKS,
+    "model.norm": choices.NORMS,
+    "model.attention": choices.ATTENTIONS,
+    "loss.enc_norm": choices.ENCODER_NORMS,
+    "loss.roi_mode": choices.ROI_MODES,
+    "train.strategy": choices.STRATEGIES,
+    "train.best_metric": choices.BEST_METRICS,
 }
 
 NON_NEGATIVE = (
     "loss.w_adv", "loss.w_con", "loss.w_enc", "loss.w_l1", "loss.w_ssim", "loss.w_focal",
-    "loss.focal_gamma", "synthesis.rotation_deg", "synthesis.texture_colour_weight",
-    "synthesis.texture_self_weight", "synthesis.texture_perlin_weight",
-    "synthesis.texture_external_weight", "optimizer.min_learning_rate",
-    "train.steps_per_epoch", "train.eval_every_epochs", "scoring.tile_size", "scoring.tile_stride",
+    "loss.focal_gamma", "synthesis.rotation_deg", "synthesis.perlin_rotation_deg",
+    "synthesis.texture_colour_weight", "synthesis.texture_self_weight",
+    "synthesis.texture_perlin_weight", "synthesis.texture_external_weight",
+    "optimizer.min_learning_rate", "train.steps_per_epoch", "train.eval_every_epochs",
+    "scoring.tile_size", "scoring.tile_stride",
 )
 POSITIVE_INT = (
     "model.base_width", "model.stages", "model.blocks_per_stage", "model.max_width",
@@ -100,88 +44,117 @@ POSITIVE_INT = (
     "model.attention_reduction", "train.epochs",
     "train.batch_size", "train.checkpoint_every_steps", "train.keep_checkpoints",
     "train.log_every_steps", "train.image_every_steps", "scoring.smoothing_kernel",
-    "optimizer.plateau_patience",
+    "optimizer.plateau_patience", "synthesis.colour_field_min_cells",
 )
 UNIT_INTERVAL = (
     "synthesis.anomaly_prob", "synthesis.beta_min", "synthesis.beta_max",
-    "data.val_fraction", "scoring.threshold_quantile",
+    "synthesis.colour_smooth_prob", "data.val_fraction", "scoring.threshold_quantile",
 )
 
 
 def base_config() -> ml_collections.ConfigDict:
     """Defaults shared by every config file (paper values where the paper has them)."""
     c = ml_collections.ConfigDict()
-    c.seed = 0
+    c.seed = 0  # seeds the weights, the validation split and every synthetic anomaly
 
     c.data = ml_collections.ConfigDict()
+    # (height, width) the networks see; both divisible by 2**stages, 2**disc_stages and
+    # 2**seg_depth.
     c.data.image_size = (256, 256)
-    c.data.channels = 3
+    c.data.channels = 3  # 1 (grayscale) or 3 (RGB); input images are converted
+    # Folder with one ROI mask per training image (same stem); "" means
+    # <category>/train/roi when it exists, else whole-image ROIs.
     c.data.roi_dir = ""
+    # Held-out seeded fraction of train/good used for validation when the category has no
+    # validation/good folder.
     c.data.val_fraction = 0.1
-    c.data.skip_bad_files = False
-    c.data.use_roi = True
+    c.data.skip_bad_files = False  # skip unreadable images (counted, reported), not fail
+    c.data.use_roi = True  # False ignores every ROI file (whole-image ROIs), for ablations
 
+    # Perlin anomalies, docs/method.md §1.
     c.synthesis = ml_collections.ConfigDict()
-    c.synthesis.anomaly_prob = 0.75
+    c.synthesis.anomaly_prob = 0.75  # q: probability that a training sample gets an anomaly
+    # Perlin grid scale 2**k per axis, k in [perlin_min_scale_log2, perlin_max_scale_log2].
     c.synthesis.perlin_min_scale_log2 = 0
     c.synthesis.perlin_max_scale_log2 = 6
+    # Threshold on the noise (roughly in [-1, 1]) giving the binary mask; in (-1, 1).
     c.synthesis.perlin_threshold = 0.5
+    # The Perlin noise is rotated by U(-r, r) degrees before thresholding.
     c.synthesis.perlin_rotation_deg = 90.0
+    # Blending factor beta ~ U(beta_min, beta_max).
     c.synthesis.beta_min = 0.5
     c.synthesis.beta_max = 1.0
+    # Relative odds of the texture sources colour / self (another training image) / Perlin
+    # colour noise / external (texture_dir).
     c.synthesis.texture_colour_weight = 1.0
     c.synthesis.texture_self_weight = 1.0
     c.synthesis.texture_perlin_weight = 1.0
     c.synthesis.texture_external_weight = 1.0
-    c.synthesis.texture_dir = ""
+    c.synthesis.texture_dir = ""  # optional folder of external (DTD-like) textures, recursive
+    # Probability that a colour texture is a smooth random field (bilinear upsampling of a
+    # random grid) rather than one uniform colour.
     c.synthesis.colour_smooth_prob = 0.5
+    # Cells per axis of that random grid, uniform in [min, max].
     c.synthesis.colour_field_min_cells = 2
     c.synthesis.colour_field_max_cells = 8
-    c.synthesis.rotation_deg = 90.0
-    c.synthesis.flip_horizontal = False
+    c.synthesis.rotation_deg = 90.0  # rotation augmentation range [-r, r] (0 disables)
+    c.synthesis.flip_horizontal = False  # optional flips, each with probability 1/2
     c.synthesis.flip_vertical = False
 
+    # Networks, docs/method.md §2.
     c.model = ml_collections.ConfigDict()
+    # Generator encoder/decoder widths: stage i has min(base_width * 2**i, max_width)
+    # channels; `stages` stride-2 stages of `blocks_per_stage` residual blocks.
     c.model.base_width = 32
     c.model.stages = 5
     c.model.blocks_per_stage = 1
     c.model.max_width = 256
+    # "conv": latent_channels x H/2**stages x W/2**stages; "dense": a latent_dim vector
+    # (ties the generator to data.image_size).
     c.model.bottleneck = "conv"
     c.model.latent_channels = 32
     c.model.latent_dim = 2048
-    c.model.norm = "batch"
-    c.model.disc_base_width = 32
+    c.model.norm = "batch"  # "batch", "group", "instance" or "none"
+    c.model.disc_base_width = 32  # discriminator
     c.model.disc_stages = 5
-    c.model.seg_base_width = 32
+    c.model.seg_base_width = 32  # segmentator U-Net
     c.model.seg_depth = 4
+    # "none" (the paper's network), "se" (Squeeze-and-Excitation, Hu et al. 2018) or "cbam"
+    # (Woo et al. 2018) in the residual blocks of the generator, the discriminator and the
+    # segmentator's encoder.
     c.model.attention = "none"
+    # Reduction ratio r of the attention MLPs (hidden width max(C // r, 8), at most C).
     c.model.attention_reduction = 16
 
+    # Losses, docs/method.md §3.
     c.loss = ml_collections.ConfigDict()
-    c.loss.w_adv = 1.0
+    c.loss.w_adv = 1.0  # w1, w2, w3 of L_gan = w1 L_adv + w2 L_con + w3 L_enc
     c.loss.w_con = 50.0
     c.loss.w_enc = 1.0
-    c.loss.w_l1 = 1.0
+    c.loss.w_l1 = 1.0  # wa, wb of L_con = wa L1 + wb (1 - SSIM)
     c.loss.w_ssim = 1.0
-    c.loss.enc_norm = "l2"
-    c.loss.w_focal = 1.0
-    c.loss.focal_gamma = 2.0
-    c.loss.focal_alpha = -1.0
+    c.loss.enc_norm = "l2"  # "l2" or "l1" distance of z and ẑ
+    c.loss.w_focal = 1.0  # weight of the segmentator focal loss
+    c.loss.focal_gamma = 2.0  # focal loss gamma
+    c.loss.focal_alpha = -1.0  # focal loss alpha; < 0 disables class balancing
+    # "target": FL(A, M*ROI) (default); "prediction": FL(A*ROI, M*ROI).
     c.loss.roi_mode = "target"
 
+    # Adam, one per network, and the reduce-on-plateau schedule (docs/method.md §4).
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.learning_rate = 1e-4
     c.optimizer.beta_1 = 0.5
     c.optimizer.beta_2 = 0.999
+    # The plateau schedule always follows the validation total_loss (the paper's choice).
     c.optimizer.plateau_patience = 3
     c.optimizer.plateau_factor = math.exp(-0.1)
     c.optimizer.min_learning_rate = 1e-7
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 200
-    c.train.batch_size = 8
-    c.train.steps_per_epoch = 0
-    c.train.strategy = "auto"
+    c.train.batch_size = 8  # global batch, over all replicas
+    c.train.steps_per_epoch = 0  # 0 = one pass over the training images
+    c.train.strategy = "auto"  # "auto", "mirrored", "multi_worker" or "default"
     c.train.mixed_precision = False
     c.train.jit_compile = False
     c.train.checkpoint_every_steps = 200
@@ -189,16 +162,23 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.log_every_steps = 20
     c.train.image_every_steps = 200
     c.train.deterministic = False
+    # Which validation loss picks the best checkpoint (lower is better): "segmentator_loss"
+    # (the focal loss of the anomaly maps on fixed-seed synthetic anomalies, what detection
+    # depends on) or "total_loss" (L_gan + focal, dominated by the w2=50 reconstruction term).
     c.train.best_metric = "segmentator_loss"
+    # Every N epochs, score the category's test split with the current weights and log
+    # image/pixel AUROC and AUPRO (TensorBoard "test/...", history.json) for learning
+    # curves; 0 = off. Logged only: checkpoint selection and the threshold never look at the
+    # test split.
     c.train.eval_every_epochs = 0
 
+    # Inference and scoring, docs/method.md §5.
     c.scoring = ml_collections.ConfigDict()
-    c.scoring.smoothing_kernel = 21
-    c.scoring.threshold_quantile = 0.99
-    c.scoring.tile_size = 0
+    c.scoring.smoothing_kernel = 21  # odd average-pooling window (21 in the paper; 1 disables)
+    c.scoring.threshold_quantile = 0.99  # quantile of validation-normal scores: the threshold
+    c.scoring.tile_size = 0  # tiling window and stride; 0 disables tiling
     c.scoring.tile_stride = 0
     return c
-
 
 def get_value(config, dotted):
     """The value of a dotted key, e.g. get_value(config, "model.attention")."""
@@ -257,17 +237,13 @@ def parse_overrides(items) -> dict:
 def validate(config) -> None:
     """Raises ValueError naming the offending key and the allowed values."""
     for key, allowed in ALLOWED.items():
-        value = get_value(config, key)
-        if value not in allowed:
-            raise ValueError(f"config {key}={value!r} is not allowed; choose one of {allowed}")
+        choices.check(f"config {key}", get_value(config, key), allowed)
     for key in NON_NEGATIVE:
         value = get_value(config, key)
         if value < 0:
             raise ValueError(f"config {key}={value!r} must be >= 0")
     for key in POSITIVE_INT:
-        value = get_value(config, key)
-        if int(value) != value or value < 1:
-            raise ValueError(f"config {key}={value!r} must be a positive integer")
+        choices.check_positive_int(f"config {key}", get_value(config, key))
     for key in UNIT_INTERVAL:
         value = get_value(config, key)
         if not 0.0 <= value <= 1.0:
@@ -277,6 +253,17 @@ def validate(config) -> None:
     if not (0 <= config.synthesis.perlin_min_scale_log2 <= config.synthesis.perlin_max_scale_log2):
         raise ValueError("config synthesis.perlin_min_scale_log2 must be >= 0 and "
                          "<= synthesis.perlin_max_scale_log2")
+    if not -1.0 < config.synthesis.perlin_threshold < 1.0:
+        raise ValueError(f"config synthesis.perlin_threshold="
+                         f"{config.synthesis.perlin_threshold!r} must lie in (-1, 1)")
+    if config.synthesis.colour_field_min_cells > config.synthesis.colour_field_max_cells:
+        raise ValueError("config synthesis.colour_field_min_cells must not exceed "
+                         "synthesis.colour_field_max_cells")
+    weights = [get_value(config, f"synthesis.texture_{name}_weight")
+               for name in ("colour", "self", "perlin", "external")]
+    if sum(weights) <= 0:
+        raise ValueError("config synthesis.texture_*_weight are all 0: the synthetic "
+                         "anomalies have no texture source")
     size = tuple(config.data.image_size)
     if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
         raise ValueError(f"config data.image_size={size!r} must be (height, width) positive ints")

@@ -1,4 +1,5 @@
-"""GRD-Net losses (paper eqs. 1-6) as small functions returning per-example values [B].
+"""GRD-Net losses (paper eqs. 1-6, docs/method.md §3) as small functions returning
+per-example values [B].
 
 Per-example values let the caller reduce them for the global batch under a distribution
 strategy (sum / global batch size). All computations are float32, also under mixed precision.
@@ -17,30 +18,35 @@ import dataclasses
 import keras
 import tensorflow as tf
 
+from grdnet_tf import choices, config
+
+# The defaults are the config's (grdnet_tf.config.base_config, where each key is documented).
+_DEFAULTS = config.base_config().loss
+
 
 @dataclasses.dataclass(frozen=True)
 class LossWeights:
     """Weights and options of the GRD-Net losses (config section ``loss``).
 
-    Args:
-        w_adv, w_con, w_enc: w1, w2, w3 of L_gan (paper: 1, 50, 1).
-        w_l1, w_ssim: wa, wb of the contextual loss (paper: 1, 1).
-        enc_norm: "l2" (default) or "l1" for the encoder loss.
-        w_focal: weight of the segmentator focal loss (1).
-        focal_gamma: focusing parameter γ (2).
+    Args (defaults: ``config.base_config().loss``, the paper's values):
+        w_adv, w_con, w_enc: w1, w2, w3 of L_gan.
+        w_l1, w_ssim: wa, wb of the contextual loss.
+        enc_norm: one of `choices.ENCODER_NORMS`, the norm of the encoder loss.
+        w_focal: weight of the segmentator focal loss.
+        focal_gamma: focusing parameter γ.
         focal_alpha: class-balancing α in [0, 1]; a negative value disables balancing.
-        roi_mode: "target" or "prediction", see module docstring.
+        roi_mode: one of `choices.ROI_MODES`, see module docstring.
     """
-    w_adv: float = 1.0
-    w_con: float = 50.0
-    w_enc: float = 1.0
-    w_l1: float = 1.0
-    w_ssim: float = 1.0
-    enc_norm: str = "l2"
-    w_focal: float = 1.0
-    focal_gamma: float = 2.0
-    focal_alpha: float = -1.0
-    roi_mode: str = "target"
+    w_adv: float = _DEFAULTS.w_adv
+    w_con: float = _DEFAULTS.w_con
+    w_enc: float = _DEFAULTS.w_enc
+    w_l1: float = _DEFAULTS.w_l1
+    w_ssim: float = _DEFAULTS.w_ssim
+    enc_norm: str = _DEFAULTS.enc_norm
+    w_focal: float = _DEFAULTS.w_focal
+    focal_gamma: float = _DEFAULTS.focal_gamma
+    focal_alpha: float = _DEFAULTS.focal_alpha
+    roi_mode: str = _DEFAULTS.roi_mode
 
     @classmethod
     def from_config(cls, loss_config):
@@ -66,7 +72,7 @@ def ssim_loss(x, x_hat):
     return 1.0 - tf.image.ssim(x, x_hat, max_val=1.0)
 
 
-def contextual_loss(x, x_hat, w_l1=1.0, w_ssim=1.0):
+def contextual_loss(x, x_hat, w_l1=_DEFAULTS.w_l1, w_ssim=_DEFAULTS.w_ssim):
     return w_l1 * l1_loss(x, x_hat) + w_ssim * ssim_loss(x, x_hat)
 
 
@@ -76,7 +82,8 @@ def adversarial_loss(features_real, features_fake):
     return _per_example_mean(tf.square(features_real - features_fake))
 
 
-def encoder_loss(z, z_hat, norm="l2"):
+def encoder_loss(z, z_hat, norm=_DEFAULTS.enc_norm):
+    choices.check("norm", norm, choices.ENCODER_NORMS)
     z, z_hat = _f32(z, z_hat)
     diff = z - z_hat
     return _per_example_mean(tf.square(diff) if norm == "l2" else tf.abs(diff))
@@ -90,8 +97,11 @@ def discriminator_loss(logit_real, logit_fake):
     return _per_example_mean(real) + _per_example_mean(fake)
 
 
-def focal_loss(target, prediction, gamma=2.0, alpha=-1.0):
-    """Binary focal loss per example (mean over pixels) on probabilities [B, H, W, 1]."""
+def focal_loss(target, prediction, gamma=_DEFAULTS.focal_gamma,
+               alpha=_DEFAULTS.focal_alpha):
+    """Binary focal loss per example (mean over pixels) on probabilities [B, H, W, 1].
+
+    Keras applies alpha only with apply_class_balancing=True (docs/tf-notes.md)."""
     target, prediction = _f32(target, prediction)
     per_pixel = keras.losses.binary_focal_crossentropy(
         target, prediction, apply_class_balancing=alpha >= 0,
@@ -99,15 +109,14 @@ def focal_loss(target, prediction, gamma=2.0, alpha=-1.0):
     return _per_example_mean(per_pixel)
 
 
-def segmentation_loss(anomaly_map, mask, roi, gamma=2.0, alpha=-1.0, roi_mode="target"):
+def segmentation_loss(anomaly_map, mask, roi, gamma=_DEFAULTS.focal_gamma,
+                      alpha=_DEFAULTS.focal_alpha, roi_mode=_DEFAULTS.roi_mode):
     """Focal loss of the anomaly map A against the Perlin mask M restricted to the ROI."""
+    choices.check("roi_mode", roi_mode, choices.ROI_MODES)
     anomaly_map, mask, roi = _f32(anomaly_map, mask, roi)
     target = mask * roi
     if roi_mode == "prediction":
         anomaly_map = anomaly_map * roi
-    elif roi_mode != "target":
-        raise ValueError(f"roi_mode={roi_mode!r} is not allowed; choose one of "
-                         f"('target', 'prediction')")
     return focal_loss(target, anomaly_map, gamma=gamma, alpha=alpha)
 
 

@@ -1,30 +1,27 @@
 """Shared test fixtures (keep small; no TensorFlow import here)."""
 import os
 
-import cv2
-import numpy as np
 import pytest
 
-
-def _write_image(path, array):
-    """Writes ``array`` (uint8 [H, W] gray, [H, W, 3] RGB or [H, W, 4] RGBA) to ``path``;
-    the extension picks the format. Returns the path."""
-    path = str(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    array = np.asarray(array)
-    if array.ndim == 3 and array.shape[2] == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    elif array.ndim == 3 and array.shape[2] == 4:
-        array = cv2.cvtColor(array, cv2.COLOR_RGBA2BGRA)
-    if not cv2.imwrite(path, array):
-        raise OSError(f"cannot write {path}")
-    return path
+import helpers_images
 
 
 @pytest.fixture
 def write_image():
-    """``write_image(path, array) -> path``: writes a test image with OpenCV (RGB order)."""
-    return _write_image
+    """``write_image(path, array) -> path``: writes a test image with OpenCV (RGB order);
+    see helpers_images.write_image."""
+    return helpers_images.write_image
+
+
+@pytest.fixture
+def mixed_float16():
+    """Runs the test under the global Keras policy "mixed_float16", restoring "float32"."""
+    import keras
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
 
 
 @pytest.fixture(scope="session")

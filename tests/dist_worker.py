@@ -1,4 +1,4 @@
-"""Subprocess side of tests/test_distributed.py; also the fast trainer config of the tests.
+"""Subprocess side of tests/test_distributed.py; also the fixed batch of the trainer tests.
 
 Logical CPU devices (and MultiWorkerMirroredStrategy's cluster) must be configured before
 TensorFlow initialises, so each scenario runs in a fresh process:
@@ -20,26 +20,11 @@ for _path in (os.path.dirname(HERE), HERE):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+# make_config is imported from here by test_training.py and test_train_step.py too.
+from helpers_config import make_config  # noqa: E402  (after the sys.path set-up)
+
 BATCH = 4
 SGD_LEARNING_RATE = 0.5
-
-
-def make_config(**train):
-    """configs/tiny.py with one stage per network (a train_step traces in a few seconds
-    instead of ~15) and cheap synthesis (colour textures, no rotation), plus `train` values.
-    The trainer does not care what the networks or the anomalies look like."""
-    from helpers_run import load_tiny_config
-
-    config = load_tiny_config()
-    config.model.stages = 1
-    config.model.disc_stages = 1
-    config.model.seg_depth = 1
-    config.synthesis.texture_self_weight = 0.0
-    config.synthesis.texture_perlin_weight = 0.0
-    config.synthesis.rotation_deg = 0.0
-    config.synthesis.perlin_rotation_deg = 0.0
-    config.train.update(train)
-    return config
 
 
 def fixed_batch(batch=BATCH, size=32, seed=0):

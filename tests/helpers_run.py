@@ -5,7 +5,6 @@ three networks, three optimizers and the counters) and ``calibration.json``, i.e
 ``grdnet_tf.run_dir.load_for_inference`` and the exporter read. Later tests
 may replace it with a real tiny training run.
 """
-import importlib.util
 import os
 
 import numpy as np
@@ -18,16 +17,7 @@ from grdnet_tf.run_dir import (CALIBRATION_JSON, CHECKPOINT_DIR, write_json,
                                write_run_config)
 from grdnet_tf.training.checkpoints import TrainState, training_checkpoint
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_CONFIG = os.path.join(REPO_ROOT, "configs", "tiny.py")
-
-
-def load_tiny_config():
-    """configs/tiny.py's get_config() (a mutable ConfigDict)."""
-    spec = importlib.util.spec_from_file_location("grdnet_configs_tiny", TINY_CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from helpers_config import REPO_ROOT, TINY_CONFIG, load_tiny_config  # noqa: F401
 
 
 def make_tiny_run(model_dir, seed=0, steps=2, image_size=(32, 32), channels=3,

@@ -11,6 +11,8 @@ from grdnet_tf.models.attention import CBAM, SqueezeExcitation, hidden_width
 from grdnet_tf.models.blocks import PreActResidualBlock
 from grdnet_tf.models.networks import (Discriminator, Generator, Segmentator,
                                        build_networks)
+from helpers_images import random_images
+from helpers_layers import run_layer_test
 from helpers_nets import assert_every_weight_gets_gradient
 
 # One stage: a downsampling block per encoder, an upsampling block in the decoder; the
@@ -18,10 +20,6 @@ from helpers_nets import assert_every_weight_gets_gradient
 # MLP its default 8 hidden units.
 SMALL = dict(base_width=8, max_width=16, stages=1)
 SMALL_SEG = dict(base_width=8, max_width=16, depth=1)
-
-
-def _images(shape, seed=0):
-    return np.random.default_rng(seed).random(shape, dtype=np.float32)
 
 
 def _run(nets, x, training=False):
@@ -45,7 +43,7 @@ def test_hidden_width_rule():
 @pytest.mark.parametrize("layer_cls", [SqueezeExcitation, CBAM])
 def test_layer_shapes_gates_in_unit_interval(layer_cls):
     layer = layer_cls()
-    x = tf.constant(4.0 * _images((2, 8, 6, 64)) - 2.0)
+    x = tf.constant(4.0 * random_images((2, 8, 6, 64)) - 2.0)
     y, gates = layer(x, return_attention=True)
     assert y.shape == x.shape and y.dtype == tf.float32
     np.testing.assert_array_equal(layer(x), y)
@@ -70,46 +68,33 @@ def test_layer_shapes_gates_in_unit_interval(layer_cls):
     lambda: SqueezeExcitation(reduction=8, min_hidden=2, name="se"),
     lambda: CBAM(reduction=4, spatial_kernel=3, min_hidden=3, name="cbam"),
 ])
-def test_layer_serialization_round_trip(tmp_path, make):
-    layer = make()
-    inputs = keras.Input((8, 8, 16))
-    model = keras.Model(inputs, layer(inputs))
+def test_layer_round_trips(tmp_path, make):
+    layer, _ = run_layer_test(make, random_images((2, 8, 8, 16)), tmp_path)
     config = layer.get_config()
     for key, value in dict(reduction=layer.reduction, min_hidden=layer.min_hidden).items():
         assert config[key] == value
     if isinstance(layer, CBAM):
         assert config["spatial_kernel"] == 3
-    assert type(layer).from_config(config).get_config() == config
-    x = _images((2, 8, 8, 16))
-    path = str(tmp_path / "layer.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    np.testing.assert_array_equal(model(x), loaded(x))
-    assert loaded.layers[-1].get_config() == config
 
 
-def test_mixed_float16_gates_in_float32():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        x = _images((2, 8, 8, 32))
-        for layer in (SqueezeExcitation(), CBAM()):
-            y, gates = layer(x, return_attention=True)
-            assert y.dtype == tf.float16 and np.all(np.isfinite(y))
-            assert all(g.dtype == tf.float32 for g in gates.values())
-            assert all(w.dtype == "float32" for w in layer.weights)
-            assert layer.reduce.compute_dtype == "float32"
-        disc = Discriminator(channels=3, attention="cbam", **SMALL)
-        features, logit = disc(_images((1, 16, 16, 3)))
-        assert disc.encoder.stem.compute_dtype == "float16"
-        assert features.dtype == logit.dtype == tf.float32 and np.all(np.isfinite(features))
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+def test_mixed_float16_gates_in_float32(mixed_float16):
+    x = random_images((2, 8, 8, 32))
+    for layer in (SqueezeExcitation(), CBAM()):
+        y, gates = layer(x, return_attention=True)
+        assert y.dtype == tf.float16 and np.all(np.isfinite(y))
+        assert all(g.dtype == tf.float32 for g in gates.values())
+        assert all(w.dtype == "float32" for w in layer.weights)
+        assert layer.reduce.compute_dtype == "float32"
+    disc = Discriminator(channels=3, attention="cbam", **SMALL)
+    features, logit = disc(random_images((1, 16, 16, 3)))
+    assert disc.encoder.stem.compute_dtype == "float16"
+    assert features.dtype == logit.dtype == tf.float32 and np.all(np.isfinite(features))
 
 
 def test_attention_gates_the_residual_branch_only():
     """SE-ResNet placement: a closed gate leaves exactly the shortcut (here the identity)."""
     block = PreActResidualBlock(8, attention="se")
-    x = _images((1, 4, 4, 8))
+    x = random_images((1, 4, 4, 8))
     block(x)
     block.attention_layer.expand.bias.assign(np.full((8,), -1e4, np.float32))
     np.testing.assert_allclose(block(x), x, atol=1e-6)
@@ -121,58 +106,35 @@ def test_segmentator_attention_in_encoder_only():
         assert getattr(seg, f"enc{i}").attention == "se"
     for i in range(2):
         assert getattr(seg, f"dec{i}").attention == "none"
-    seg(_images((1, 16, 16, 6)))
+    seg(random_images((1, 16, 16, 6)))
     for i in range(3):
         assert isinstance(getattr(seg, f"enc{i}").attention_layer, SqueezeExcitation)
     for i in range(2):
         assert getattr(seg, f"dec{i}").attention_layer is None
 
 
+def _randomise_attention(net):
+    """Attention weights away from their initial values (zero biases)."""
+    rng = np.random.default_rng(1)
+    for var in _attention_variables(net):
+        var.assign(rng.normal(0.0, 0.1, var.shape).astype(np.float32))
+
+
 @pytest.mark.parametrize("make", [
     lambda: Generator(channels=3, attention="cbam", attention_reduction=4, **SMALL),
+    lambda: Generator(channels=3, attention="se", **SMALL),
     lambda: Segmentator(channels=3, attention="se", norm="group", attention_reduction=2,
                         **SMALL_SEG),
+    lambda: Segmentator(channels=3, attention="cbam", **SMALL_SEG),
 ])
-def test_network_serialization_round_trip_identical(tmp_path, make):
-    model = make()
-    x = _images((2, 16, 16, 6 if isinstance(model, Segmentator) else 3))
-    model(x, training=True)  # builds and moves the batch-norm statistics
+def test_network_round_trips_include_attention_variables(tmp_path, make):
+    x = random_images((2, 16, 16, 6 if isinstance(make(), Segmentator) else 3))
+    model, keys = run_layer_test(make, x, tmp_path, prepare=_randomise_attention)
     assert model.get_config()["attention"] in ("se", "cbam")
-    path = str(tmp_path / "model.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    for a, b in zip(tf.nest.flatten(model(x)), tf.nest.flatten(loaded(x))):
-        np.testing.assert_array_equal(a, b)
-    assert loaded.get_config() == model.get_config()
-    assert len(_attention_variables(loaded)) == len(_attention_variables(model)) > 0
-
-
-def test_tf_checkpoint_round_trip_includes_attention_variables(tmp_path):
-    def make():
-        return (Generator(channels=3, attention="se", **SMALL),
-                Segmentator(channels=3, attention="cbam", **SMALL_SEG))
-
-    x = tf.constant(_images((2, 16, 16, 3)))
-    nets = make()
-    _run(nets, x, training=True)
-    rng = np.random.default_rng(1)
-    for net in nets:  # attention weights away from their initial values (zero biases)
-        for var in _attention_variables(net):
-            var.assign(rng.normal(0.0, 0.1, var.shape).astype(np.float32))
-    path = tf.train.Checkpoint(g=nets[0], s=nets[1]).save(str(tmp_path / "ckpt"))
-    stored = [n for n in tf.train.load_checkpoint(path).get_variable_to_shape_map()
-              if n.endswith("VARIABLE_VALUE") and not n.startswith("save_counter")]
-    assert len(stored) == sum(len(n.variables) for n in nets)
-    n_attention = sum(len(_attention_variables(n)) for n in nets)
+    n_attention = len(_attention_variables(model))
     assert n_attention > 0
     # tf.train.Checkpoint names the block attribute: .../stage0_block0/attention_layer/...
-    assert len([n for n in stored if "/attention_layer/" in n]) == n_attention
-    fresh = make()
-    _run(fresh, x)
-    tf.train.Checkpoint(g=fresh[0], s=fresh[1]).restore(path).assert_consumed()
-    for old, new in zip(_run(nets, x), _run(fresh, x)):
-        for a, b in zip(tf.nest.flatten(old), tf.nest.flatten(new)):
-            np.testing.assert_array_equal(a, b)
+    assert len([k for k in keys if "/attention_layer/" in k]) == n_attention
 
 
 def test_gradient_reaches_every_weight():
@@ -182,7 +144,7 @@ def test_gradient_reaches_every_weight():
     gen = Generator(channels=3, attention="cbam", **SMALL)
     disc = Discriminator(channels=3, attention="se", **SMALL)
     seg = Segmentator(channels=3, attention="cbam", **SMALL_SEG)
-    assert_every_weight_gets_gradient(gen, disc, seg, tf.constant(_images((2, 16, 16, 3))))
+    assert_every_weight_gets_gradient(gen, disc, seg, tf.constant(random_images((2, 16, 16, 3))))
     for net in (gen, disc, seg):  # built by the forward above; their weights were covered
         assert _attention_variables(net), f"{net.name}: no attention variables"
 

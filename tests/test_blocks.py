@@ -1,10 +1,12 @@
-"""FusedBatchNormalization must be keras.layers.BatchNormalization, only faster."""
+"""FusedBatchNormalization must be keras.layers.BatchNormalization, only faster; the
+residual block's serialisation."""
 import numpy as np
 import pytest
 import keras
 import tensorflow as tf
 
-from grdnet_tf.models.blocks import FusedBatchNormalization
+from grdnet_tf.models.blocks import FusedBatchNormalization, PreActResidualBlock
+from helpers_layers import run_layer_test
 
 
 def _pair(channels=6):
@@ -93,8 +95,19 @@ def test_falls_back_to_keras_for_float16_and_rank_2():
     np.testing.assert_allclose(out, [[-1.0, -1.0], [1.0, 1.0]], atol=1e-2)
 
 
-def test_serialization_round_trip():
-    fused, _ = _pair()
-    clone = FusedBatchNormalization.from_config(fused.get_config())
-    assert isinstance(clone, FusedBatchNormalization)
-    assert clone.get_config() == fused.get_config()
+def test_round_trips(tmp_path):
+    layer, keys = run_layer_test(lambda: FusedBatchNormalization(momentum=0.9, epsilon=1e-5),
+                                 _inputs(), tmp_path)
+    assert isinstance(FusedBatchNormalization.from_config(layer.get_config()),
+                      FusedBatchNormalization)
+    assert len(keys) == 4  # gamma, beta and the two moving statistics
+
+
+@pytest.mark.parametrize("make", [
+    lambda: PreActResidualBlock(6),
+    lambda: PreActResidualBlock(8, resample="down", norm="group", activation="leaky_relu"),
+    lambda: PreActResidualBlock(4, resample="up", norm="instance", attention="cbam",
+                                attention_reduction=2),
+])
+def test_residual_block_round_trips(tmp_path, make):
+    run_layer_test(make, _inputs(seed=3)[:, :4, :6], tmp_path)

@@ -1,4 +1,7 @@
 """Dotted-key config overrides (config.with_overrides / parse_overrides)."""
+import subprocess
+import sys
+
 import pytest
 
 from grdnet_tf import config as config_lib
@@ -41,3 +44,36 @@ def test_parse_overrides_requires_key_and_value():
     assert config_lib.parse_overrides(["a.b=c=d"]) == {"a.b": "c=d"}
     with pytest.raises(ValueError, match="'model.attention': expected KEY=VALUE"):
         config_lib.parse_overrides(["model.attention"])
+
+
+@pytest.mark.parametrize("overrides,message", [
+    # These passed freeze() and failed only when the dataset was built.
+    ({"synthesis.perlin_threshold": 1.0}, r"synthesis.perlin_threshold=1.0 must lie in \(-1, 1\)"),
+    ({"synthesis.colour_field_min_cells": 0}, r"synthesis.colour_field_min_cells=0 must be a "
+                                              r"positive integer"),
+    ({"synthesis.colour_field_min_cells": 9}, r"synthesis.colour_field_min_cells must not "
+                                              r"exceed synthesis.colour_field_max_cells"),
+    ({"synthesis.colour_smooth_prob": 1.5}, r"synthesis.colour_smooth_prob=1.5 must lie in"),
+    ({"synthesis.perlin_rotation_deg": -1.0}, r"synthesis.perlin_rotation_deg=-1.0 must be >= 0"),
+    ({f"synthesis.texture_{n}_weight": 0.0 for n in ("colour", "self", "perlin", "external")},
+     r"synthesis.texture_\*_weight are all 0"),
+])
+def test_validate_checks_what_the_data_pipeline_needs(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config_lib.with_overrides(config_lib.base_config(), overrides)
+
+
+def test_every_choice_comes_from_the_choices_module():
+    from grdnet_tf import choices
+    for key, allowed in config_lib.ALLOWED.items():
+        assert allowed in vars(choices).values(), key
+        assert config_lib.get_value(config_lib.base_config(), key) in allowed
+    with pytest.raises(ValueError, match=r"config model.norm='layer' is not allowed; choose "
+                                         r"one of \('batch', 'group', 'instance', 'none'\)"):
+        config_lib.with_overrides(config_lib.base_config(), {"model.norm": "layer"})
+
+
+def test_config_and_choices_import_without_tensorflow():
+    code = ("import sys, grdnet_tf.config, grdnet_tf.choices; "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

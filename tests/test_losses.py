@@ -1,4 +1,5 @@
-"""GRD-Net losses (grdnet_tf.losses, method.md §3) against hand values and numpy references."""
+"""GRD-Net losses (grdnet_tf.losses, docs/method.md §3) against hand values and numpy
+references."""
 import math
 
 import numpy as np
@@ -195,3 +196,13 @@ def test_loss_weights_from_config():
     assert losses.LossWeights.from_config(base_config().loss) == losses.LossWeights()
     assert (losses.LossWeights().w_adv, losses.LossWeights().w_con,
             losses.LossWeights().w_enc) == (1.0, 50.0, 1.0)
+
+
+def test_bad_options_name_the_choices():
+    x = tf.zeros((1, 4, 4, 1))
+    with pytest.raises(ValueError, match=r"roi_mode='both' is not allowed; choose one of "
+                                         r"\('target', 'prediction'\)"):
+        losses.segmentation_loss(x, x, x, roi_mode="both")
+    with pytest.raises(ValueError, match=r"norm='l3' is not allowed; choose one of "
+                                         r"\('l2', 'l1'\)"):
+        losses.encoder_loss(x, x, "l3")

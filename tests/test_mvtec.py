@@ -1,5 +1,6 @@
 """Reading files (grdnet_tf.data.io) and indexing MVTec-style folders (data.mvtec), on tiny
 trees built in tmp_path; bad inputs give the promised errors."""
+import itertools
 import logging
 import os
 
@@ -7,12 +8,14 @@ import numpy as np
 import pytest
 
 from grdnet_tf.data import io, mvtec
+from helpers_images import random_images
 
-RNG = np.random.default_rng(0)
+_SEEDS = itertools.count()
 
 
 def rgb(h=20, w=30):
-    return RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    """A new random RGB image on each call."""
+    return random_images((h, w, 3), next(_SEEDS), np.uint8)
 
 
 def disk(h=20, w=30):

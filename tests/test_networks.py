@@ -1,26 +1,23 @@
 """Issue 2: the three GRD-Net networks (shapes, dtypes, params, serialization, gradients)."""
 import numpy as np
 import pytest
-import keras
 import tensorflow as tf
 
 from grdnet_tf.config import base_config, freeze
 from grdnet_tf.models.networks import (Discriminator, Generator, Segmentator,
                                        build_networks)
+from helpers_images import random_images
+from helpers_layers import run_layer_test
 from helpers_nets import assert_every_weight_gets_gradient
 
 SMALL = dict(base_width=4, max_width=16)
-
-
-def _images(shape, seed=0):
-    return np.random.default_rng(seed).random(shape, dtype=np.float32)
 
 
 @pytest.mark.parametrize("height,width", [(64, 64), (128, 96), (256, 256)])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_generator_shapes_and_dtypes(height, width, channels):
     gen = Generator(channels=channels, stages=3, latent_channels=5, **SMALL)
-    x = _images((2, height, width, channels))
+    x = random_images((2, height, width, channels))
     x_hat, z, z_hat = gen(x)
     assert x_hat.shape == (2, height, width, channels)
     assert z.shape == z_hat.shape == (2, height // 8, width // 8, 5)
@@ -34,29 +31,29 @@ def test_generator_shapes_and_dtypes(height, width, channels):
 def test_dense_bottleneck_shapes():
     gen = Generator(channels=3, stages=2, bottleneck="dense", latent_dim=7,
                     image_size=(32, 48), **SMALL)
-    x_hat, z, z_hat = gen(_images((2, 32, 48, 3)))
+    x_hat, z, z_hat = gen(random_images((2, 32, 48, 3)))
     assert x_hat.shape == (2, 32, 48, 3) and z.shape == z_hat.shape == (2, 7)
     with pytest.raises(ValueError, match="image_size"):
-        gen(_images((2, 32, 32, 3)))
+        gen(random_images((2, 32, 32, 3)))
 
 
 @pytest.mark.parametrize("height,width", [(64, 64), (128, 96)])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_discriminator_and_segmentator_shapes(height, width, channels):
     disc = Discriminator(channels=channels, stages=3, **SMALL)
-    features, logit = disc(_images((2, height, width, channels)))
+    features, logit = disc(random_images((2, height, width, channels)))
     assert features.shape == (2, height // 8, width // 8, 16) and logit.shape == (2, 1)
     assert features.dtype == logit.dtype == tf.float32
     seg = Segmentator(channels=channels, base_width=4, depth=3)
-    anomaly_map = seg(_images((2, height, width, 2 * channels)))
+    anomaly_map = seg(random_images((2, height, width, 2 * channels)))
     assert anomaly_map.shape == (2, height, width, 1) and anomaly_map.dtype == tf.float32
     assert 0.0 <= float(tf.reduce_min(anomaly_map)) <= float(tf.reduce_max(anomaly_map)) <= 1.0
 
 
 def test_discriminator_accepts_any_generator_size():
     disc = Discriminator(channels=3, stages=2, **SMALL)
-    assert disc(_images((1, 32, 32, 3)))[1].shape == (1, 1)
-    assert disc(_images((1, 64, 48, 3)))[1].shape == (1, 1)
+    assert disc(random_images((1, 32, 32, 3)))[1].shape == (1, 1)
+    assert disc(random_images((1, 64, 48, 3)))[1].shape == (1, 1)
 
 
 def test_paper_parameter_counts():
@@ -88,19 +85,8 @@ def test_paper_dense_bottleneck_parameter_count():
     (lambda: Discriminator(channels=3, stages=2, norm="instance", **SMALL), (2, 32, 32, 3)),
     (lambda: Segmentator(channels=3, base_width=4, depth=2, norm="none"), (2, 32, 32, 6)),
 ])
-def test_serialization_round_trip_identical(tmp_path, make, shape):
-    model = make()
-    x = _images(shape)
-    model(x)  # build
-    # One training call so batch-norm statistics differ from their initial values.
-    model(x, training=True)
-    path = str(tmp_path / "model.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    expected, actual = model(x), loaded(x)
-    for a, b in zip(tf.nest.flatten(expected), tf.nest.flatten(actual)):
-        np.testing.assert_array_equal(a, b)
-    assert loaded.get_config() == model.get_config()
+def test_serialization_and_checkpoint_round_trips(tmp_path, make, shape):
+    run_layer_test(make, random_images(shape), tmp_path)
 
 
 @pytest.mark.parametrize("norm", ["batch", "group"])
@@ -108,25 +94,21 @@ def test_gradient_reaches_every_weight(norm):
     gen = Generator(channels=3, stages=2, norm=norm, **SMALL)
     disc = Discriminator(channels=3, stages=2, norm=norm, **SMALL)
     seg = Segmentator(channels=3, base_width=4, depth=2, norm=norm)
-    assert_every_weight_gets_gradient(gen, disc, seg, tf.constant(_images((2, 32, 32, 3))))
+    assert_every_weight_gets_gradient(gen, disc, seg, tf.constant(random_images((2, 32, 32, 3))))
 
 
-def test_mixed_float16_outputs_are_float32():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        gen = Generator(channels=3, stages=2, **SMALL)
-        disc = Discriminator(channels=3, stages=2, **SMALL)
-        seg = Segmentator(channels=3, base_width=4, depth=2)
-        x = _images((1, 32, 32, 3))
-        x_hat, z, z_hat = gen(x)
-        features, logit = disc(x)
-        anomaly_map = seg(np.concatenate([x, x], -1))
-        assert gen.encoder.stem.compute_dtype == "float16"
-        for t in (x_hat, z, z_hat, features, logit, anomaly_map):
-            assert t.dtype == tf.float32
-            assert np.all(np.isfinite(t))
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+def test_mixed_float16_outputs_are_float32(mixed_float16):
+    gen = Generator(channels=3, stages=2, **SMALL)
+    disc = Discriminator(channels=3, stages=2, **SMALL)
+    seg = Segmentator(channels=3, base_width=4, depth=2)
+    x = random_images((1, 32, 32, 3))
+    x_hat, z, z_hat = gen(x)
+    features, logit = disc(x)
+    anomaly_map = seg(np.concatenate([x, x], -1))
+    assert gen.encoder.stem.compute_dtype == "float16"
+    for t in (x_hat, z, z_hat, features, logit, anomaly_map):
+        assert t.dtype == tf.float32
+        assert np.all(np.isfinite(t))
 
 
 @pytest.mark.parametrize("make,message", [
@@ -146,33 +128,10 @@ def test_bad_constructor_arguments(make, message):
 def test_size_not_divisible_names_the_argument():
     gen = Generator(channels=3, stages=3, **SMALL)
     with pytest.raises(ValueError, match=r"height=36 must be divisible by 2\*\*3=8"):
-        gen(_images((1, 36, 32, 3)))
+        gen(random_images((1, 36, 32, 3)))
     seg = Segmentator(channels=3, base_width=4, depth=2)
     with pytest.raises(ValueError, match=r"width=30 must be divisible by 2\*\*2=4"):
-        seg(_images((1, 32, 30, 6)))
+        seg(random_images((1, 32, 30, 6)))
     with pytest.raises(ValueError, match=r"expects 3 input channels, got 1"):
-        gen(_images((1, 32, 32, 1)))
+        gen(random_images((1, 32, 32, 1)))
 
-
-def test_tf_checkpoint_saves_and_restores_every_variable(tmp_path):
-    """tf.train.Checkpoint must see every variable (Keras 3 lists are invisible to it)."""
-    def make():
-        return (Generator(channels=3, stages=2, **SMALL),
-                Discriminator(channels=3, stages=2, **SMALL),
-                Segmentator(channels=3, base_width=4, depth=2))
-
-    x = tf.constant(_images((2, 32, 32, 3)))
-    nets = make()
-    for net, inp in zip(nets, (x, x, tf.concat([x, x], -1))):
-        net(inp, training=True)  # moves batch-norm statistics away from their initial values
-    path = tf.train.Checkpoint(g=nets[0], d=nets[1], s=nets[2]).save(str(tmp_path / "ckpt"))
-    stored = [n for n in tf.train.load_checkpoint(path).get_variable_to_shape_map()
-              if n.endswith("VARIABLE_VALUE") and not n.startswith("save_counter")]
-    assert len(stored) == sum(len(n.variables) for n in nets)
-    fresh = make()
-    for net, inp in zip(fresh, (x, x, tf.concat([x, x], -1))):
-        net(inp)
-    tf.train.Checkpoint(g=fresh[0], d=fresh[1], s=fresh[2]).restore(path).assert_consumed()
-    for old, new, inp in zip(nets, fresh, (x, x, tf.concat([x, x], -1))):
-        for a, b in zip(tf.nest.flatten(old(inp)), tf.nest.flatten(new(inp))):
-            np.testing.assert_array_equal(a, b)

@@ -10,16 +10,16 @@ import tensorflow as tf
 from grdnet_tf import keys
 from grdnet_tf.config import base_config
 from grdnet_tf.data import pipeline
+from helpers_images import random_images
 
 SIZE, N, BATCH = 32, 5, 4
 KEYS = (keys.IMAGE, keys.PERTURBED, keys.MASK, keys.ROI)
 
 
 def make_cache(n=N, channels=3, seed=0):
-    rng = np.random.default_rng(seed)
     rois = np.zeros((n, SIZE, SIZE, 1), np.uint8)
     rois[:, 4:28, 6:26] = 1
-    return pipeline.ImageCache(rng.integers(0, 256, (n, SIZE, SIZE, channels), dtype=np.uint8),
+    return pipeline.ImageCache(random_images((n, SIZE, SIZE, channels), seed, np.uint8),
                                rois, [f"img{i}.png" for i in range(n)])
 
 
@@ -125,9 +125,8 @@ def test_grayscale_and_single_image():
 
 
 def test_external_textures(tmp_path, write_image):
-    rng = np.random.default_rng(1)
-    for name in ("a/one.jpg", "b/two.png"):
-        write_image(tmp_path / "tex" / name, rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    for seed, name in enumerate(("a/one.jpg", "b/two.png")):
+        write_image(tmp_path / "tex" / name, random_images((40, 50, 3), seed, np.uint8))
     config = make_config(anomaly_prob=1.0, texture_colour_weight=0.0, texture_self_weight=0.0,
                          texture_perlin_weight=0.0, texture_dir=str(tmp_path / "tex"))
     textures = pipeline.load_textures(config)

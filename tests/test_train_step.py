@@ -189,15 +189,6 @@ def test_fit_runs_two_steps():
     assert [int(o.iterations) for o in model.optimizers.values()] == [2, 2, 2]
 
 
-@pytest.fixture
-def mixed_float16():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
-
 def test_mixed_float16_train_step(mixed_float16):
     model = make_model(seed=5, mixed_precision=True)
     assert all(isinstance(o, keras.optimizers.LossScaleOptimizer)

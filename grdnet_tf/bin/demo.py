@@ -25,26 +25,30 @@ _EXPORT = flags.DEFINE_bool("export", True, "Export a SavedModel at the end.")
 
 
 def main(argv):
-    del argv
+    common.check_flags(argv, _DATA_DIR, _MODEL_DIR, _CONFIG)
     logging.set_verbosity(logging.INFO)
     from grdnet_tf.config import load_config_file
     from grdnet_tf.data import demo
     from grdnet_tf.evaluation import eval_lib
     from grdnet_tf.training import train_lib
 
+    # The demo is the four stages of the other binaries, each its library function.
     start = time.perf_counter()
-    category_dir = demo.make_demo_dataset(_DATA_DIR.value)
-    config = load_config_file(_CONFIG.value)
-    summary = train_lib.train(config, category_dir, _MODEL_DIR.value)
-    train_seconds = time.perf_counter() - start
     eval_dir = os.path.join(_MODEL_DIR.value, "eval")
-    result = eval_lib.evaluate(_MODEL_DIR.value, category_dir, eval_dir)
     export_path = None
-    if _EXPORT.value:
-        from grdnet_tf.serving import export_lib
-        export_path = export_lib.export_run(_MODEL_DIR.value,
-                                            os.path.join(_MODEL_DIR.value, "export"),
-                                            overwrite=False)
+    try:
+        category_dir = demo.make_demo_dataset(_DATA_DIR.value)
+        config = load_config_file(_CONFIG.value)
+        summary = train_lib.train(config, category_dir, _MODEL_DIR.value)
+        train_seconds = time.perf_counter() - start
+        result = eval_lib.evaluate(_MODEL_DIR.value, category_dir, eval_dir)
+        if _EXPORT.value:
+            from grdnet_tf.serving import export_lib
+            export_path = export_lib.export_run(_MODEL_DIR.value,
+                                                os.path.join(_MODEL_DIR.value, "export"),
+                                                overwrite=False)
+    except common.USER_ERRORS as e:
+        common.fail(str(e))
     outside = result["folders"].get("good_outside_roi", {}).get("flagged_rate")
     print("\n== GRD-Net demo ==")
     print(f"data:        {category_dir}")

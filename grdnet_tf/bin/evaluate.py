@@ -22,11 +22,7 @@ _USE_ROI = flags.DEFINE_bool("use_roi", False, "Hard-mask maps with test ROIs "
 
 
 def main(argv):
-    if len(argv) > 1:
-        common.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    for flag in (_MODEL_DIR, _DATA_DIR, _OUTPUT_DIR):
-        if not flag.value:
-            common.fail(f"--{flag.name} is required")
+    common.check_flags(argv, _MODEL_DIR, _DATA_DIR, _OUTPUT_DIR)
     logging.set_verbosity(logging.INFO)
     from grdnet_tf.evaluation import eval_lib
     try:
@@ -34,7 +30,7 @@ def main(argv):
                                    checkpoint=_CHECKPOINT.value, threshold=_THRESHOLD.value,
                                    batch_size=_BATCH_SIZE.value,
                                    num_overlays=_OVERLAYS.value, use_roi=_USE_ROI.value)
-    except (FileNotFoundError, ValueError) as e:
+    except common.USER_ERRORS as e:
         common.fail(str(e))
     print(eval_lib.headline(result, _OUTPUT_DIR.value))
 

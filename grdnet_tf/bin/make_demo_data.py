@@ -1,21 +1,29 @@
-"""Writes the embedded synthetic demo dataset (MVTec AD layout) and prints its folder.
+"""grdnet-demo-data: writes the embedded synthetic demo dataset (MVTec AD layout) and prints
+its category folder.
 
     grdnet-demo-data --output_dir=demo_data [--seed=0] [--category=widget]
 """
 from absl import app, flags
 
-from grdnet_tf.data import demo
+from grdnet_tf.bin import common
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("output_dir", "demo_data", "Parent folder of the category folder.")
-flags.DEFINE_integer("seed", 0, "Generator seed (same seed -> byte-identical files).")
-flags.DEFINE_string("category", "widget", "Category folder name.")
+common.quiet_tensorflow()
+
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "demo_data",
+                                  "Parent folder of the category folder.")
+_SEED = flags.DEFINE_integer("seed", 0, "Generator seed (same seed -> byte-identical files).")
+_CATEGORY = flags.DEFINE_string("category", "widget", "Category folder name.")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    print(demo.make_demo_dataset(FLAGS.output_dir, seed=FLAGS.seed, category=FLAGS.category))
+    common.check_flags(argv, _OUTPUT_DIR, _CATEGORY)
+    from grdnet_tf.data import demo
+    try:
+        category_dir = demo.make_demo_dataset(_OUTPUT_DIR.value, seed=_SEED.value,
+                                              category=_CATEGORY.value)
+    except common.USER_ERRORS as e:
+        common.fail(str(e))
+    print(category_dir)
 
 
 def run():

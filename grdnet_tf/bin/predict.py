@@ -20,11 +20,7 @@ _SKIP_BAD = flags.DEFINE_bool("skip_bad_files", False, "Skip unreadable images (
 
 
 def main(argv):
-    if len(argv) > 1:
-        common.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    for flag in (_MODEL_DIR, _INPUT, _OUTPUT_DIR):
-        if not flag.value:
-            common.fail(f"--{flag.name} is required")
+    common.check_flags(argv, _MODEL_DIR, _INPUT, _OUTPUT_DIR)
     logging.set_verbosity(logging.INFO)
     from grdnet_tf.evaluation import eval_lib
     try:
@@ -32,7 +28,7 @@ def main(argv):
                                   checkpoint=_CHECKPOINT.value, threshold=_THRESHOLD.value,
                                   batch_size=_BATCH_SIZE.value, overlays=_HEATMAPS.value,
                                   skip_bad_files=_SKIP_BAD.value)
-    except (FileNotFoundError, ValueError) as e:
+    except common.USER_ERRORS as e:
         common.fail(str(e))
     print(f"{result['count']} image(s) scored, {result['flagged']} anomalous; "
           f"{result['predictions_csv']}")

@@ -22,21 +22,15 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "MVTec-style category folder."
 
 
 def main(argv):
-    if len(argv) > 1:
-        common.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    if _CONFIG.value is None:
-        common.fail("--config is required (e.g. --config=configs/cpu_small.py)")
-    if not _MODEL_DIR.value:
-        common.fail("--model_dir is required")
-    if not _DATA_DIR.value:
-        common.fail("--data_dir is required (an MVTec-style category folder)")
+    common.check_flags(argv, (_CONFIG, "e.g. --config=configs/cpu_small.py"), _MODEL_DIR,
+                       (_DATA_DIR, "an MVTec-style category folder"))
     if not os.path.isdir(_DATA_DIR.value):
         common.fail(f"--data_dir={_DATA_DIR.value} does not exist (an MVTec-style category "
                     f"folder)")
     from grdnet_tf import config as config_lib
     try:
         config_lib.validate(_CONFIG.value)
-    except ValueError as e:
+    except common.USER_ERRORS as e:
         common.fail(str(e))
     if _CONFIG.value.train.strategy == "multi_worker":
         # Read when TensorFlow loads; see grdnet_tf.training.strategy (oneDNN crash).
@@ -45,7 +39,7 @@ def main(argv):
     logging.set_verbosity(logging.INFO)
     try:
         summary = train_lib.train(_CONFIG.value, _DATA_DIR.value, _MODEL_DIR.value)
-    except (FileNotFoundError, ValueError) as e:
+    except common.USER_ERRORS as e:
         common.fail(str(e))
     print(f"trained {summary['epochs']} epochs ({summary['steps']} steps); "
           f"checkpoints: {summary['checkpoint']}; TensorBoard: tensorboard --logdir "

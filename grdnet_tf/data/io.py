@@ -15,6 +15,8 @@ import os
 import cv2
 import numpy as np
 
+from grdnet_tf import choices
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -78,8 +80,7 @@ def read_image(path, image_size=None, channels=3) -> np.ndarray:
     Raises:
       ImageReadError: the file is missing, empty, corrupt or has an unsupported format.
     """
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    choices.check("channels", channels, choices.CHANNELS)
     image = _to_uint8(_decode(path, cv2.IMREAD_UNCHANGED), path)
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]

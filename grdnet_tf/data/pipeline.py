@@ -1,4 +1,4 @@
-"""Training and validation ``tf.data`` pipelines over a decoded image cache (method.md §1).
+"""Training and validation ``tf.data`` pipelines over a decoded image cache (docs/method.md §1).
 
 All images are decoded once (OpenCV, a few threads) into a uint8 :class:`ImageCache`; the
 datasets gather from it, augment and synthesise in TensorFlow ops, so there is no Python

@@ -1,4 +1,4 @@
-"""Synthetic anomalies and joint geometric augmentation of one example (method.md §1).
+"""Synthetic anomalies and joint geometric augmentation of one example (docs/method.md §1).
 
 Per example, in this order (**Decision**):
 
@@ -41,7 +41,7 @@ SOURCE_NAMES = ("colour", "self", "perlin", "external")
 
 @dataclasses.dataclass(frozen=True)
 class SynthesisParams:
-    """The ``synthesis.*`` config values, validated (see grdnet_tf/config.py)."""
+    """The ``synthesis.*`` config values (documented and validated in grdnet_tf/config.py)."""
     anomaly_prob: float
     perlin_min_scale_log2: int
     perlin_max_scale_log2: int
@@ -59,8 +59,9 @@ class SynthesisParams:
 
     @classmethod
     def from_config(cls, config):
+        """From a config that passed `grdnet_tf.config.validate`, which checks every range."""
         s = config.synthesis
-        params = cls(
+        return cls(
             anomaly_prob=float(s.anomaly_prob),
             perlin_min_scale_log2=int(s.perlin_min_scale_log2),
             perlin_max_scale_log2=int(s.perlin_max_scale_log2),
@@ -75,29 +76,6 @@ class SynthesisParams:
             colour_field_max_cells=int(s.colour_field_max_cells),
             rotation_deg=float(s.rotation_deg),
             flip_horizontal=bool(s.flip_horizontal), flip_vertical=bool(s.flip_vertical))
-        if not 0.0 <= params.anomaly_prob <= 1.0:
-            raise ValueError(f"config synthesis.anomaly_prob={params.anomaly_prob} must lie "
-                             f"in [0, 1]")
-        if not 0 <= params.perlin_min_scale_log2 <= params.perlin_max_scale_log2:
-            raise ValueError("config synthesis.perlin_min_scale_log2 must be >= 0 and <= "
-                             "synthesis.perlin_max_scale_log2")
-        if not -1.0 < params.perlin_threshold < 1.0:
-            raise ValueError(f"config synthesis.perlin_threshold={params.perlin_threshold} "
-                             f"must lie in (-1, 1)")
-        if not 0.0 <= params.beta_min <= params.beta_max <= 1.0:
-            raise ValueError("config synthesis.beta_min <= synthesis.beta_max must lie in "
-                             "[0, 1]")
-        if min(params.texture_weights) < 0:
-            raise ValueError("config synthesis.texture_*_weight must be >= 0")
-        if not 0.0 <= params.colour_smooth_prob <= 1.0:
-            raise ValueError("config synthesis.colour_smooth_prob must lie in [0, 1]")
-        if not 1 <= params.colour_field_min_cells <= params.colour_field_max_cells:
-            raise ValueError("config synthesis.colour_field_min_cells must be >= 1 and <= "
-                             "synthesis.colour_field_max_cells")
-        if params.rotation_deg < 0 or params.perlin_rotation_deg < 0:
-            raise ValueError("config synthesis.rotation_deg and perlin_rotation_deg must be "
-                             ">= 0")
-        return params
 
 
 def to_float(image_uint8):
@@ -121,7 +99,8 @@ def rotation_transform(angle, height, width):
 
 
 def rotate(image, angle, interpolation="BILINEAR"):
-    """Rotates ``[H, W, C]`` about its centre by ``angle`` radians, REFLECT fill.
+    """Rotates ``[H, W, C]`` about its centre by ``angle`` radians, REFLECT fill (the
+    tensorflow-addons replacement of docs/tf-notes.md).
 
     ``interpolation`` is "BILINEAR" (images) or "NEAREST" (masks: values stay binary).
     """

@@ -23,12 +23,7 @@ variable dtype (float32 under ``mixed_float16``); the gated output is in the com
 import keras
 from keras import layers, ops
 
-ATTENTIONS = ("none", "se", "cbam")
-
-
-def _check_positive(name, value):
-    if int(value) != value or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
+from grdnet_tf import choices
 
 
 def hidden_width(channels, reduction, min_hidden):
@@ -41,8 +36,8 @@ class _ChannelGate(layers.Layer):
 
     def __init__(self, reduction=16, min_hidden=8, **kwargs):
         super().__init__(**kwargs)
-        _check_positive("reduction", reduction)
-        _check_positive("min_hidden", min_hidden)
+        choices.check_positive_int("reduction", reduction)
+        choices.check_positive_int("min_hidden", min_hidden)
         self.reduction = reduction
         self.min_hidden = min_hidden
 
@@ -105,7 +100,7 @@ class CBAM(_ChannelGate):
 
     def __init__(self, reduction=16, spatial_kernel=7, min_hidden=8, **kwargs):
         super().__init__(reduction=reduction, min_hidden=min_hidden, **kwargs)
-        _check_positive("spatial_kernel", spatial_kernel)
+        choices.check_positive_int("spatial_kernel", spatial_kernel)
         self.spatial_kernel = spatial_kernel
 
     def build(self, input_shape):
@@ -133,10 +128,8 @@ class CBAM(_ChannelGate):
 
 
 def make_attention(kind, reduction=16, name="attention"):
-    """The attention layer of a kind in ATTENTIONS; None for "none"."""
-    if kind not in ATTENTIONS:
-        raise ValueError(f"attention={kind!r} is not allowed; choose one of {ATTENTIONS}")
-    _check_positive("attention_reduction", reduction)
+    """The attention layer of a kind in `choices.ATTENTIONS` (checked, like `reduction`, by
+    the calling block's constructor); None for "none"."""
     if kind == "se":
         return SqueezeExcitation(reduction=reduction, name=name)
     if kind == "cbam":

@@ -8,25 +8,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from grdnet_tf.models.attention import ATTENTIONS, make_attention
-
-NORMS = ("batch", "group", "instance", "none")
-ACTIVATIONS = ("relu", "leaky_relu")
-
-
-def check_choice(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; choose one of {tuple(allowed)}")
-
-
-def check_channels(name, value):
-    if value not in (1, 3):
-        raise ValueError(f"{name}={value!r} is not allowed; choose one of (1, 3)")
-
-
-def check_positive(name, value):
-    if int(value) != value or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
+from grdnet_tf import choices
+from grdnet_tf.models.attention import make_attention
 
 
 def check_divisible(height, width, levels, what):
@@ -96,8 +79,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
 
 
 def make_norm(kind, channels, name):
-    """A normalisation layer by name; 'none' gives an identity layer."""
-    check_choice("norm", kind, NORMS)
+    """A normalisation layer of a kind in `choices.NORMS` (checked by the calling layer's
+    constructor); 'none' gives an identity layer."""
     if kind == "batch":
         return FusedBatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
     if kind == "group":
@@ -108,7 +91,7 @@ def make_norm(kind, channels, name):
 
 
 def make_activation(kind, name):
-    check_choice("activation", kind, ACTIVATIONS)
+    """An activation layer of a kind in `choices.ACTIVATIONS` (checked by the caller)."""
     if kind == "relu":
         return layers.ReLU(name=name)
     return layers.LeakyReLU(negative_slope=0.2, name=name)
@@ -132,12 +115,12 @@ class PreActResidualBlock(layers.Layer):
     def __init__(self, filters, resample="none", norm="batch", activation="relu",
                  attention="none", attention_reduction=16, **kwargs):
         super().__init__(**kwargs)
-        check_positive("filters", filters)
-        check_choice("resample", resample, ("none", "down", "up"))
-        check_choice("norm", norm, NORMS)
-        check_choice("activation", activation, ACTIVATIONS)
-        check_choice("attention", attention, ATTENTIONS)
-        check_positive("attention_reduction", attention_reduction)
+        choices.check_positive_int("filters", filters)
+        choices.check("resample", resample, choices.RESAMPLES)
+        choices.check("norm", norm, choices.NORMS)
+        choices.check("activation", activation, choices.ACTIVATIONS)
+        choices.check("attention", attention, choices.ATTENTIONS)
+        choices.check_positive_int("attention_reduction", attention_reduction)
         self.filters = filters
         self.resample = resample
         self.norm = norm

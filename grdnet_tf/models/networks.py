@@ -5,18 +5,14 @@ Discriminator: residual encoder + global pooling + one logit; returns (features,
 Segmentator: U-Net on the channel concatenation of two images; one sigmoid map.
 
 Reference: Ferrari, Fraccaroli, Lamma, "GRD-Net: Generative-Reconstructive-Discriminative
-Anomaly Detection with Region of Interest Attention Module", 2023, §3.
+Anomaly Detection with Region of Interest Attention Module", 2023, §3; docs/method.md §2.
 """
 import keras
 from keras import layers, ops
 
-from grdnet_tf.models.attention import ATTENTIONS
-from grdnet_tf.models.blocks import (ACTIVATIONS, NORMS, PreActResidualBlock,
-                                     check_channels, check_choice, check_divisible,
-                                     check_positive, make_activation, make_norm,
-                                     stage_widths)
-
-BOTTLENECKS = ("conv", "dense", "none")
+from grdnet_tf import choices
+from grdnet_tf.models.blocks import (PreActResidualBlock, check_divisible, make_activation,
+                                     make_norm, stage_widths)
 
 
 def track_layer(owner, layer):
@@ -24,7 +20,8 @@ def track_layer(owner, layer):
 
     Layers in Python lists end up in a Keras `TrackedList`, which TensorFlow's object graph
     does not see: `tf.train.Checkpoint` would silently skip their variables (batch-norm
-    statistics would never be saved). Named attributes are seen by both Keras and TF.
+    statistics would never be saved; docs/tf-notes.md). Named attributes are seen by both
+    Keras and TF.
     """
     setattr(owner, layer.name, layer)
     owner.block_names.append(layer.name)
@@ -59,11 +56,11 @@ class ResidualEncoder(layers.Layer):
                             ("blocks_per_stage", blocks_per_stage), ("max_width", max_width),
                             ("latent_channels", latent_channels), ("latent_dim", latent_dim),
                             ("attention_reduction", attention_reduction)):
-            check_positive(name, value)
-        check_choice("norm", norm, NORMS)
-        check_choice("activation", activation, ACTIVATIONS)
-        check_choice("bottleneck", bottleneck, BOTTLENECKS)
-        check_choice("attention", attention, ATTENTIONS)
+            choices.check_positive_int(name, value)
+        choices.check("norm", norm, choices.NORMS)
+        choices.check("activation", activation, choices.ACTIVATIONS)
+        choices.check("bottleneck", bottleneck, choices.ENCODER_BOTTLENECKS)
+        choices.check("attention", attention, choices.ATTENTIONS)
         self.base_width = base_width
         self.stages = stages
         self.blocks_per_stage = blocks_per_stage
@@ -131,10 +128,10 @@ class ResidualDecoder(layers.Layer):
                  norm="batch", bottleneck="conv", bottom_size=None, attention="none",
                  attention_reduction=16, **kwargs):
         super().__init__(**kwargs)
-        check_channels("channels", channels)
-        check_choice("bottleneck", bottleneck, ("conv", "dense"))
-        check_choice("attention", attention, ATTENTIONS)
-        check_positive("attention_reduction", attention_reduction)
+        choices.check("channels", channels, choices.CHANNELS)
+        choices.check("bottleneck", bottleneck, choices.BOTTLENECKS)
+        choices.check("attention", attention, choices.ATTENTIONS)
+        choices.check_positive_int("attention_reduction", attention_reduction)
         if bottleneck == "dense" and bottom_size is None:
             raise ValueError("bottom_size (the latent grid (height, width)) is required for "
                              "bottleneck='dense'")
@@ -212,11 +209,11 @@ class Generator(keras.Model):
                  bottleneck="conv", latent_channels=32, latent_dim=2048, norm="batch",
                  image_size=None, attention="none", attention_reduction=16, **kwargs):
         super().__init__(**kwargs)
-        check_channels("channels", channels)
-        check_choice("bottleneck", bottleneck, ("conv", "dense"))
-        check_choice("norm", norm, NORMS)
-        check_choice("attention", attention, ATTENTIONS)
-        check_positive("attention_reduction", attention_reduction)
+        choices.check("channels", channels, choices.CHANNELS)
+        choices.check("bottleneck", bottleneck, choices.BOTTLENECKS)
+        choices.check("norm", norm, choices.NORMS)
+        choices.check("attention", attention, choices.ATTENTIONS)
+        choices.check_positive_int("attention_reduction", attention_reduction)
         bottom_size = None
         if bottleneck == "dense":
             if image_size is None:
@@ -299,7 +296,8 @@ class Discriminator(keras.Model):
     def __init__(self, channels=3, base_width=32, stages=5, blocks_per_stage=1, max_width=256,
                  norm="batch", attention="none", attention_reduction=16, **kwargs):
         super().__init__(**kwargs)
-        check_channels("channels", channels)
+        # norm, attention and the widths are checked by the ResidualEncoder built below.
+        choices.check("channels", channels, choices.CHANNELS)
         self.channels = channels
         self.base_width = base_width
         self.stages = stages
@@ -358,12 +356,12 @@ class Segmentator(keras.Model):
     def __init__(self, channels=3, base_width=32, depth=4, max_width=512, norm="batch",
                  attention="none", attention_reduction=16, **kwargs):
         super().__init__(**kwargs)
-        check_channels("channels", channels)
-        check_positive("base_width", base_width)
-        check_positive("depth", depth)
-        check_choice("norm", norm, NORMS)
-        check_choice("attention", attention, ATTENTIONS)
-        check_positive("attention_reduction", attention_reduction)
+        choices.check("channels", channels, choices.CHANNELS)
+        choices.check_positive_int("base_width", base_width)
+        choices.check_positive_int("depth", depth)
+        choices.check("norm", norm, choices.NORMS)
+        choices.check("attention", attention, choices.ATTENTIONS)
+        choices.check_positive_int("attention_reduction", attention_reduction)
         self.channels = channels
         self.base_width = base_width
         self.depth = depth

@@ -5,7 +5,7 @@ import os
 import tensorflow as tf
 from absl import logging
 
-STRATEGIES = ("auto", "mirrored", "multi_worker", "default")
+from grdnet_tf import choices
 
 
 def make_strategy(name):
@@ -14,8 +14,7 @@ def make_strategy(name):
     multi_worker: MultiWorkerMirroredStrategy configured by the TF_CONFIG variable.
     default: the default (single-device) strategy.
     """
-    if name not in STRATEGIES:
-        raise ValueError(f"strategy={name!r} is not allowed; choose one of {STRATEGIES}")
+    choices.check("strategy", name, choices.STRATEGIES)
     if name == "multi_worker":
         if not os.environ.get("TF_CONFIG"):
             raise ValueError("strategy='multi_worker' needs the TF_CONFIG environment variable "
@@ -43,8 +42,9 @@ def _check_onednn_off_for_multi_worker():
     """TensorFlow 2.21 corrupts the heap (the workers die with SIGSEGV/SIGABRT) when
     MultiWorkerMirroredStrategy all-reduces the gradient of a 1x1 stride-2 convolution (the
     projection shortcut of every downsampling residual block) computed by oneDNN on CPU.
-    TF_ENABLE_ONEDNN_OPTS=0 avoids it; it is read when TensorFlow loads, so grdnet-train sets
-    it before importing TensorFlow and library users must set it in the environment."""
+    TF_ENABLE_ONEDNN_OPTS=0 avoids it (docs/tf-notes.md); it is read when TensorFlow loads,
+    so grdnet-train sets it before importing TensorFlow and library users must set it in the
+    environment."""
     if _onednn_enabled() and not tf.config.list_physical_devices("GPU"):
         raise ValueError(
             "strategy='multi_worker' on CPU needs TF_ENABLE_ONEDNN_OPTS=0 in the environment "

@@ -1,0 +1,30 @@
+"""The named choices of grdnet_tf: one tuple per option, importable without TensorFlow.
+
+`grdnet_tf.config.validate` checks every config value against these tuples; the layers
+and functions that take one of these options check their public arguments against the same
+tuples, so a choice is spelled in one place.
+"""
+
+NORMS = ("batch", "group", "instance", "none")          # model.norm
+ATTENTIONS = ("none", "se", "cbam")                      # model.attention
+BOTTLENECKS = ("conv", "dense")                          # model.bottleneck
+ENCODER_BOTTLENECKS = BOTTLENECKS + ("none",)            # ResidualEncoder ("none": features)
+ACTIVATIONS = ("relu", "leaky_relu")                     # residual blocks
+RESAMPLES = ("none", "down", "up")                       # residual blocks
+CHANNELS = (1, 3)                                        # data.channels
+ENCODER_NORMS = ("l2", "l1")                             # loss.enc_norm
+ROI_MODES = ("target", "prediction")                     # loss.roi_mode
+STRATEGIES = ("auto", "mirrored", "multi_worker", "default")  # train.strategy
+BEST_METRICS = ("segmentator_loss", "total_loss")        # train.best_metric
+
+
+def check(name, value, allowed):
+    """Raises ValueError unless ``value`` is one of ``allowed``; the message names ``name``."""
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {tuple(allowed)}")
+
+
+def check_positive_int(name, value):
+    """Raises ValueError unless ``value`` is an integer >= 1; the message names ``name``."""
+    if int(value) != value or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
