@@ -1,4 +1,4 @@
-"""Evaluation metrics for anomaly detection (method.md §5), in numpy / scikit-learn / scipy.
+"""Evaluation metrics for anomaly detection (docs/method.md §5), in numpy / scikit-learn / scipy.
 
 Image level: AUROC, F1-max, false-alarm and detection rates at a threshold.
 Pixel level: AUROC, F1-max and AUPRO (Bergmann et al., "The MVTec Anomaly Detection
