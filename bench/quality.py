@@ -4,6 +4,7 @@
   .venv/bin/python bench/quality.py demo_no_roi     # the same with whole-image ROIs
   .venv/bin/python bench/quality.py tire            # ../shared/data/mvtec3d_tire, cpu_small
   .venv/bin/python bench/quality.py demo_small      # demo data with cpu_small (128 px)
+  .venv/bin/python bench/quality.py magnetic_tile   # ../shared/data/magnetic_tile, cpu_small, gray
 
 Each run trains from scratch into runs/quality_<name>/ (deleted first), evaluates the test
 split with grdnet-eval's library function, and writes bench/results/quality_<name>.json
@@ -23,6 +24,7 @@ sys.path.insert(0, REPO)
 
 from absl import logging  # noqa: E402
 
+import ceiling  # noqa: E402
 from grdnet_tf import config as config_lib  # noqa: E402
 
 SETTINGS = {
@@ -36,6 +38,10 @@ SETTINGS = {
     "tire": dict(config="cpu_small.py", data=os.path.join(os.path.dirname(REPO), "shared",
                                                            "data", "mvtec3d_tire"),
                  overrides={"train.eval_every_epochs": 2}),
+    "magnetic_tile": dict(config="cpu_small.py",
+                          data=os.path.join(os.path.dirname(REPO), "shared", "data",
+                                            "magnetic_tile"),
+                          overrides={"data.channels": 1}),
 }
 
 
@@ -98,6 +104,12 @@ def main(argv):
         "parameters": parameters,
         "image_auroc": metrics["image_auroc"], "pixel_auroc": metrics["pixel_auroc"],
         "aupro": metrics["aupro"], "image_f1_max": metrics["image_f1_max"],
+        "pixel_maps": metrics.get("pixel_maps", "smoothed"),
+        "pixel_auroc_smoothed": metrics.get("pixel_auroc_smoothed"),
+        "aupro_smoothed": metrics.get("aupro_smoothed"),
+        "smoothing_kernel": metrics.get("smoothing_kernel"),
+        "calibration": {k: v for k, v in (summary.get("calibration") or {}).items()
+                        if k != "scores"},
         "pixel_auroc_roi": metrics.get("pixel_auroc_roi"),
         "threshold": metrics["threshold"], "false_alarm_rate": metrics.get("false_alarm_rate"),
         "folders": metrics["folders"], "per_defect_image_auroc":
@@ -105,12 +117,7 @@ def main(argv):
         "learning_curve": {"epoch": [h["epoch"] for h in logged], **curve},
         "command": " ".join(["bench/quality.py"] + argv[1:]),
     }
-    os.makedirs(os.path.join(REPO, "bench", "results"), exist_ok=True)
-    path = os.path.join(REPO, "bench", "results", f"quality_{run_name}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(path + ".tmp", path)
-    print(json.dumps({k: v for k, v in result.items() if k not in ("folders",)}))
+    ceiling.write_result(f"quality_{run_name}", result)
 
 
 if __name__ == "__main__":

@@ -149,11 +149,11 @@ def throughput(fn, images, calls, warmup=1):
 
 def xla_comparison(model, config, batches, calls):
     """In-process scoring with and without jit_compile, per batch size (ms per image)."""
-    size, channels = tuple(config.data.image_size), config.data.channels
-    kernel = config.scoring.smoothing_kernel
+    size = tuple(config.data.image_size)
+    params = scoring.ScoringParams.from_run(config)
 
     def full(images):
-        return scoring.score_images(model, images, size, channels, kernel, 0.5)
+        return scoring.score_images(model, images, params, 0.5)
 
     def core(images):  # the networks only: float [B, H, W, C] at the model size
         return model(images, training=False)
@@ -255,8 +255,8 @@ def main():
         image_spec = tf.TensorSpec((1, *size, 3), tf.uint8)
         counted = flops.count_function(
             lambda images: scoring.score_images(
-                loaded_run.model, images, size, config.data.channels,
-                config.scoring.smoothing_kernel, 0.5), image_spec)
+                loaded_run.model, images, scoring.ScoringParams.from_run(config), 0.5),
+            image_spec)
         gflop = counted.model / 1e9
         result["flops_per_image"] = {"model_gflop": round(gflop, 3),
                                      "other_gflop": round(counted.other / 1e9, 3)}
@@ -295,8 +295,8 @@ def main():
         result["ceiling_before"], result["ceiling_after"] = ceil_before, ceil_after
 
         log("retracing check")
-        serve = export_lib.serving_functions(loaded_run.model, size, config.data.channels,
-                                             config.scoring.smoothing_kernel,
+        serve = export_lib.serving_functions(loaded_run.model,
+                                             scoring.ScoringParams.from_run(config),
                                              0.5)["serving_default"]
         for batch, shape in ((1, size), (1, size), (8, size), (32, size), (1, (300, 400)),
                              (3, (300, 400)), (1, size)):

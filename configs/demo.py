@@ -25,5 +25,4 @@ def get_config():
     c.train.checkpoint_every_steps = 50
     c.train.log_every_steps = 10
     c.train.image_every_steps = 100
-    c.scoring.smoothing_kernel = 5
     return c

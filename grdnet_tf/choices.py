@@ -16,6 +16,8 @@ ENCODER_NORMS = ("l2", "l1")                             # loss.enc_norm
 ROI_MODES = ("target", "prediction")                     # loss.roi_mode
 STRATEGIES = ("auto", "mirrored", "multi_worker", "default")  # train.strategy
 BEST_METRICS = ("segmentator_loss", "total_loss")        # train.best_metric
+PATCH_SAMPLINGS = ("random", "grid")                     # data.patch_sampling
+SMOOTHING_AUTO = ("validation", "image_size")            # scoring.smoothing_auto
 
 
 def check(name, value, allowed):

@@ -27,6 +27,8 @@ ALLOWED = {
     "loss.roi_mode": choices.ROI_MODES,
     "train.strategy": choices.STRATEGIES,
     "train.best_metric": choices.BEST_METRICS,
+    "data.patch_sampling": choices.PATCH_SAMPLINGS,
+    "scoring.smoothing_auto": choices.SMOOTHING_AUTO,
 }
 
 NON_NEGATIVE = (
@@ -35,7 +37,7 @@ NON_NEGATIVE = (
     "synthesis.texture_colour_weight", "synthesis.texture_self_weight",
     "synthesis.texture_perlin_weight", "synthesis.texture_external_weight",
     "optimizer.min_learning_rate", "train.steps_per_epoch", "train.eval_every_epochs",
-    "scoring.tile_size", "scoring.tile_stride",
+    "data.patch_scale", "data.patch_stride", "scoring.smoothing_kernel",
 )
 POSITIVE_INT = (
     "model.base_width", "model.stages", "model.blocks_per_stage", "model.max_width",
@@ -43,7 +45,7 @@ POSITIVE_INT = (
     "model.disc_stages", "model.seg_base_width", "model.seg_depth",
     "model.attention_reduction", "train.epochs",
     "train.batch_size", "train.checkpoint_every_steps", "train.keep_checkpoints",
-    "train.log_every_steps", "train.image_every_steps", "scoring.smoothing_kernel",
+    "train.log_every_steps", "train.image_every_steps", "scoring.calibration_repeats",
     "optimizer.plateau_patience", "synthesis.colour_field_min_cells",
 )
 UNIT_INTERVAL = (
@@ -70,6 +72,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.val_fraction = 0.1
     c.data.skip_bad_files = False  # skip unreadable images (counted, reported), not fail
     c.data.use_roi = True  # False ignores every ROI file (whole-image ROIs), for ablations
+    # Patch training and tiled inference (grdnet_tf/data/tiling.py). 0 = off: every image is
+    # resized whole to image_size. s > 0: every image is resized by s (1.0 = native pixels;
+    # raised where an image would be smaller than one patch) and the networks see
+    # image_size patches of it, random or grid crops in training (the ROI cropped with
+    # them) and overlapping tiles at inference, stitched by averaging overlaps, so training
+    # and inference see objects at the same magnification. Off by default.
+    c.data.patch_scale = 0.0
+    c.data.patch_stride = 0  # grid stride of grid crops and inference tiles; 0 = half a patch
+    c.data.patch_sampling = "random"  # "random" crops, or the shuffled "grid" patches
 
     # Perlin anomalies, docs/method.md §1.
     c.synthesis = ml_collections.ConfigDict()
@@ -174,10 +185,18 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Inference and scoring, docs/method.md §5.
     c.scoring = ml_collections.ConfigDict()
-    c.scoring.smoothing_kernel = 21  # odd average-pooling window (21 in the paper; 1 disables)
+    # Average-pooling window of the anomaly map before the image score (its max). An odd k
+    # uses k x k (1 = no smoothing). 0 (default) = automatic, by smoothing_auto:
+    #   "validation": after training, the candidate with the best image AUROC on validation
+    #     normals against synthetic anomalies (never the test split; grdnet_tf/calibration.py);
+    #   "image_size": the paper's 21 at 256 px scaled to data.image_size (11 at 128 px).
+    # The window chosen is stored in calibration.json and used by evaluation and export.
+    c.scoring.smoothing_kernel = 0
+    c.scoring.smoothing_auto = "validation"
+    # Candidate windows for "validation", given at 256 px and scaled like the paper's 21.
+    c.scoring.smoothing_candidates = (1, 5, 11, 21, 41, 61)
+    c.scoring.calibration_repeats = 4  # synthetic draws per validation image for "validation"
     c.scoring.threshold_quantile = 0.99  # quantile of validation-normal scores: the threshold
-    c.scoring.tile_size = 0  # tiling window and stride; 0 disables tiling
-    c.scoring.tile_stride = 0
     return c
 
 def get_value(config, dotted):
@@ -278,10 +297,17 @@ def validate(config) -> None:
         raise ValueError("config optimizer.learning_rate must be > 0")
     if not 0.0 < config.optimizer.plateau_factor <= 1.0:
         raise ValueError("config optimizer.plateau_factor must lie in (0, 1]")
-    if config.scoring.tile_size and config.scoring.tile_stride < 1:
-        raise ValueError("config scoring.tile_stride must be >= 1 when scoring.tile_size is set")
-    if config.scoring.smoothing_kernel % 2 == 0:
-        raise ValueError("config scoring.smoothing_kernel must be odd")
+    kernel = config.scoring.smoothing_kernel
+    if int(kernel) != kernel or (kernel and kernel % 2 == 0):
+        raise ValueError(f"config scoring.smoothing_kernel={kernel!r} must be 0 (automatic) "
+                         f"or an odd positive integer")
+    candidates = tuple(config.scoring.smoothing_candidates)
+    if not candidates or any(int(k) != k or k < 1 for k in candidates):
+        raise ValueError(f"config scoring.smoothing_candidates={candidates!r} must be "
+                         f"positive integers")
+    if config.data.patch_stride and not config.data.patch_scale:
+        raise ValueError("config data.patch_stride is set but data.patch_scale is 0 (patches "
+                         "are off)")
 
 
 def freeze(config) -> ml_collections.FrozenConfigDict:
@@ -293,12 +319,31 @@ def to_json(config) -> str:
     return json.dumps(ml_collections.ConfigDict(config).to_dict(), indent=2, sort_keys=True)
 
 
+# Keys of older runs that are gone: {key: (value that may be dropped, why it is gone)}.
+REMOVED_KEYS = {
+    "scoring.tile_size": (0, "tiling at native resolution changed the magnification the "
+                             "model trained at; use data.patch_scale (patch training and "
+                             "tiled inference at one scale) and retrain"),
+    "scoring.tile_stride": (0, "see data.patch_stride"),
+}
+
+
 def from_dict(values) -> ml_collections.FrozenConfigDict:
-    """Builds a frozen config from a plain dict, filling keys added since it was written."""
+    """Builds a frozen config from a plain dict, filling keys added since it was written.
+
+    A removed key (`REMOVED_KEYS`) at its neutral value is dropped; any other value of it
+    raises ValueError saying what replaced it.
+    """
     config = base_config()
 
     def merge(node, update, prefix):
         for key, value in update.items():
+            if f"{prefix}{key}" in REMOVED_KEYS:
+                neutral, why = REMOVED_KEYS[f"{prefix}{key}"]
+                if value != neutral:
+                    raise ValueError(f"config key {prefix}{key}={value!r} no longer exists: "
+                                     f"{why}")
+                continue
             if key not in node:
                 raise ValueError(f"unknown config key {prefix}{key}")
             if isinstance(value, dict):

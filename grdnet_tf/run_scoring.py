@@ -1,11 +1,13 @@
 """Scoring a trained run on image files: a run's `Scorer`, streamed `Scored` images, and
 the scored test split with all its metrics.
 
-Images are read at their native size and go through `scoring.prepare_images` (the same
-resize the SavedModel does), so these scores equal exported scores. Pixel metrics are
-computed at the model resolution (`data.image_size`); ground truth and test ROIs are resized
-there with nearest neighbour. With `scoring.tile_size` > 0, each image is scored by tiles at
-its native resolution (`scoring.score_tiled`) and pixel metrics use the native resolution.
+Images are read at their native size and go through `preprocess.model_input` (the same
+resize the training cache and the SavedModel use), so these scores equal exported scores.
+Pixel metrics are computed at the model resolution (`data.image_size`), or in patch mode at
+the working resolution of the stitched map; ground truth and test ROIs are resized there
+with nearest neighbour (`preprocess.model_mask`). The headline pixel metrics (pixel_auroc,
+aupro, ...) use the raw segmentator map, as DRAEM and anomalib report them; the same
+metrics of the smoothed map the image score is taken from carry a ``_smoothed`` suffix.
 
 Evaluation (`grdnet_tf.evaluation.eval_lib`) and the learning curves of training both use it.
 """
@@ -16,7 +18,7 @@ import tensorflow as tf
 from absl import logging
 
 from grdnet_tf import keys, scoring
-from grdnet_tf.data import io, mvtec
+from grdnet_tf.data import io, mvtec, preprocess
 from grdnet_tf.evaluation import metrics as metrics_lib
 
 
@@ -27,26 +29,37 @@ class Scorer:
         run: `run_dir.LoadedRun`.
         threshold: overrides the run's calibrated threshold when given.
         use_roi: apply test ROIs as a hard mask of the map (when a sample has one).
+        params: overrides the run's `scoring.ScoringParams` (e.g. another window).
     """
 
-    def __init__(self, run, threshold=None, use_roi=False):
+    def __init__(self, run, threshold=None, use_roi=False, params=None):
         self.run = run
         self.config = run.config
-        self.image_size = tuple(run.config.data.image_size)
-        self.channels = run.config.data.channels
-        self.kernel = run.config.scoring.smoothing_kernel
+        self.params = params or scoring.ScoringParams.from_run(run.config, run.calibration)
+        self.image_size = self.params.image_size
+        self.channels = self.params.channels
+        self.kernel = self.params.kernel
         self.threshold = run.threshold if threshold is None else float(threshold)
         self.use_roi = use_roi
-        self.tile_size = run.config.scoring.tile_size
-        self.tile_stride = run.config.scoring.tile_stride
+        self.patches = self.params.patch_scale > 0
         self._score = tf.function(self._score_model_inputs, reduce_retracing=True)
+        self._score_working = tf.function(
+            self._score_working_image,
+            input_signature=[tf.TensorSpec([None, None, self.channels], tf.float32),
+                             tf.TensorSpec([None, None], tf.float32)])
 
     def _score_model_inputs(self, images, roi):
         return scoring.score_model_inputs(self.run.model, images, self.kernel, roi=roi)
 
+    def _score_working_image(self, image, roi):
+        return scoring.score_working_image(self.run.model, image, self.params, roi=roi)
+
     def model_inputs(self, image):
-        """Native uint8 [h, w, c] -> float32 [H, W, C] at the model size."""
-        return scoring.prepare_images(tf.constant(image[None]), self.image_size,
+        """Native uint8 [h, w, c] -> float32 [H, W, C] at the model size, or in patch mode
+        [h', w', C] at the working size."""
+        if self.patches:
+            return scoring.working_input(tf.constant(image), self.params)
+        return preprocess.model_input(tf.constant(image[None]), self.image_size,
                                       self.channels)[0]
 
     def score_batch(self, images, rois):
@@ -54,15 +67,20 @@ class Scorer:
         out = self._score(tf.stack(images), tf.stack(rois))
         return {k: v.numpy() for k, v in out.items()}
 
+    def score_working(self, image, roi):
+        """One working-size image [h', w', C] and its ROI [h', w'] -> numpy outputs."""
+        return {k: v.numpy() for k, v in self._score_working(image, roi).items()}
+
 
 @dataclasses.dataclass
 class Scored:
-    """One scored image: `anomaly_map` is the smoothed map at the model resolution."""
+    """One scored image: maps at the model resolution (patch mode: working resolution)."""
     path: str
     image: np.ndarray        # native uint8 [h, w, 3 or 1]
-    anomaly_map: np.ndarray  # float32 [H, W]
+    anomaly_map: np.ndarray  # float32 [H, W], smoothed: the image score is its max
     anomaly_score: float
     sample: object = None
+    raw_map: np.ndarray = None  # float32 [H, W], the segmentator map before smoothing
 
 
 def iter_scored(scorer, items, batch_size=8, skip_bad_files=False):
@@ -77,12 +95,10 @@ def iter_scored(scorer, items, batch_size=8, skip_bad_files=False):
         images = [b[1] for b in batch]
         rois = [b[2] for b in batch]
         out = scorer.score_batch(images, rois)
-        for (item, _, _, native), amap, score in zip(batch, out[keys.ANOMALY_MAP],
-                                                     out[keys.ANOMALY_SCORE]):
-            path = item.path if isinstance(item, mvtec.Sample) else item
-            yield Scored(path=path, image=native, anomaly_map=amap,
-                         anomaly_score=float(score),
-                         sample=item if isinstance(item, mvtec.Sample) else None)
+        for (item, _, _, native), amap, raw, score in zip(
+                batch, out[keys.ANOMALY_MAP], out[keys.RAW_ANOMALY_MAP],
+                out[keys.ANOMALY_SCORE]):
+            yield _scored(item, native, amap, raw, score)
         batch.clear()
 
     for item in items:
@@ -94,24 +110,27 @@ def iter_scored(scorer, items, batch_size=8, skip_bad_files=False):
                 raise
             logging.warning("skipping unreadable image %s", path)
             continue
-        roi = full_roi
         roi_path = getattr(item, "roi_path", None) if scorer.use_roi else None
-        if scorer.tile_size:  # high resolution: one image at a time, map at native size
-            out = scoring.score_tiled(
-                scorer.run.model, native, scorer.image_size, scorer.channels, scorer.kernel,
-                scorer.tile_size, scorer.tile_stride,
-                roi=io.read_mask(roi_path, native.shape[:2]) if roi_path else None)
-            yield Scored(path=path, image=native, anomaly_map=out[keys.ANOMALY_MAP].numpy(),
-                         anomaly_score=float(out[keys.ANOMALY_SCORE]),
-                         sample=item if isinstance(item, mvtec.Sample) else None)
+        inputs = scorer.model_inputs(native)
+        size = tuple(inputs.shape[:2])
+        roi = (preprocess.model_mask(io.read_mask(roi_path)[None], size)[0] if roi_path
+               else (full_roi if not scorer.patches else tf.ones(size, tf.float32)))
+        if scorer.patches:  # one working-size image at a time
+            out = scorer.score_working(inputs, roi)
+            yield _scored(item, native, out[keys.ANOMALY_MAP], out[keys.RAW_ANOMALY_MAP],
+                          out[keys.ANOMALY_SCORE])
             continue
-        if roi_path:
-            roi = tf.constant(io.read_mask(roi_path, scorer.image_size), tf.float32)
-        batch.append((item, scorer.model_inputs(native), roi, native))
+        batch.append((item, inputs, roi, native))
         if len(batch) == batch_size:
             yield from flush()
     if batch:
         yield from flush()
+
+
+def _scored(item, native, anomaly_map, raw_map, score):
+    sample = item if isinstance(item, mvtec.Sample) else None
+    return Scored(path=item.path if sample else item, image=native, anomaly_map=anomaly_map,
+                  anomaly_score=float(score), sample=sample, raw_map=raw_map)
 
 
 @dataclasses.dataclass
@@ -130,7 +149,7 @@ def score_test_split(scorer, data_dir, batch_size=8):
     is missing are left out of them (noted).
     """
     samples = mvtec.index_test(data_dir)
-    labels, scores, maps, masks, rois, defects, paths, notes = [], [], [], [], [], [], [], []
+    labels, scores, maps, raw_maps, masks, rois, defects, paths, notes = ([] for _ in range(9))
     missing_gt = 0
     for scored in iter_scored(scorer, samples, batch_size):
         s = scored.sample
@@ -139,22 +158,24 @@ def score_test_split(scorer, data_dir, batch_size=8):
         defects.append(s.defect)
         paths.append(s.path)
         maps.append(scored.anomaly_map)
-        size = scored.anomaly_map.shape  # model resolution, or native when tiling
+        raw_maps.append(scored.raw_map)
+        size = scored.anomaly_map.shape  # model resolution, or working size in patch mode
         if s.label == 0:
             masks.append(np.zeros(size, np.uint8))
         elif s.mask_path:
-            masks.append(io.read_mask(s.mask_path, size))
+            masks.append(_mask_at(s.mask_path, size))
         else:
             masks.append(None)
             missing_gt += 1
-        rois.append(io.read_mask(s.roi_path, size) if s.roi_path else None)
+        rois.append(_mask_at(s.roi_path, size) if s.roi_path else None)
     if missing_gt:
         notes.append(f"{missing_gt} defect image(s) without ground truth are left out of the "
                      f"pixel metrics")
     have_rois = any(r is not None for r in rois)
-    result = metrics_lib.evaluate_all(labels, scores, masks=masks, maps=maps, defects=defects,
-                                      threshold=scorer.threshold,
+    result = metrics_lib.evaluate_all(labels, scores, masks=masks, maps=raw_maps,
+                                      defects=defects, threshold=scorer.threshold,
                                       rois=rois if have_rois else None)
+    result.update(_smoothed_pixel_metrics(masks, maps, rois if have_rois else None))
     labels_np, scores_np = np.asarray(labels), np.asarray(scores)
     if len(set(labels)) < 2:
         notes.append("the test split has only one class: AUROC is undefined")
@@ -170,5 +191,27 @@ def score_test_split(scorer, data_dir, batch_size=8):
         notes.append("no calibrated threshold and none was given: threshold metrics are "
                      "left out")
     result.update(folders=folders, notes=notes, num_images=len(labels), data_dir=data_dir,
-                  use_roi=scorer.use_roi, threshold=scorer.threshold)
+                  use_roi=scorer.use_roi, threshold=scorer.threshold,
+                  smoothing_kernel=scorer.kernel, pixel_maps="raw",
+                  patch_scale=scorer.params.patch_scale)
     return SplitScores(metrics=result, paths=paths, scores=scores, samples=samples)
+
+
+def _mask_at(path, size):
+    """A mask file at `size` (nearest neighbour, {0, 1} uint8), as the model inputs' masks."""
+    return preprocess.model_mask(io.read_mask(path)[None], size)[0].numpy().astype(np.uint8)
+
+
+def _smoothed_pixel_metrics(masks, maps, rois):
+    """pixel_auroc_smoothed and aupro_smoothed (and pixel_auroc_roi_smoothed) of the
+    smoothed maps, over the images with ground truth."""
+    keep = [i for i, m in enumerate(masks) if m is not None]
+    if not keep:
+        return {}
+    gt, smoothed = [masks[i] for i in keep], [maps[i] for i in keep]
+    out = {"pixel_auroc_smoothed": metrics_lib.pixel_auroc(gt, smoothed),
+           "aupro_smoothed": metrics_lib.aupro(gt, smoothed)}
+    if rois is not None:
+        inside = [np.ones(masks[i].shape, bool) if rois[i] is None else rois[i] for i in keep]
+        out["pixel_auroc_roi_smoothed"] = metrics_lib.pixel_auroc(gt, smoothed, roi=inside)
+    return out

@@ -1,55 +1,66 @@
-"""The one scoring module: evaluation, prediction and the exported SavedModel all use it.
+"""The one scoring module: evaluation, prediction, calibration and every export use it.
 
 Pipeline (docs/method.md §5), all TensorFlow ops so it runs inside a SavedModel graph:
 
   images (uint8 or float, any size, 1 or 3 channels)
-    -> `prepare_images`: channels converted, resized to the model size, float32 in [0, 1]
-    -> GRDNet: X̂ = generator(X) (E1 + decoder), A = segmentator(concat(X, X̂))
+    -> `preprocess.model_input`: the one resize (as in training), float32 on the 1/255 grid
+    -> GRDNet: X̂ = generator(X) (E1 + decoder), A = segmentator(concat(X, X̂))  (raw map)
     -> optional hard ROI masking of A
-    -> `smooth`: average pooling kernel x kernel, stride 1, same padding
+    -> `smooth`: mean over a k x k window, stride 1, the map zero outside the image (the
+       padding counts, as in DRAEM): a defect scores the same wherever it lies; TF's SAME
+       average pooling divides by the valid pixels only, which smooths the border less and
+       turns border artefacts into high scores (a 3x3 blob in a corner scores 1.0 under
+       5x5, in the middle 0.36)
     -> image score = max of the smoothed map (at model resolution)
     -> maps and reconstructions resized back to the input resolution
     -> is_anomalous = score > threshold (calibrated on validation normals)
+
+The window k is `ScoringParams.kernel`: the config's explicit window, else the one
+calibrated for the model (calibration.json), else the paper's 21 scaled to the input size.
+In patch mode (``data.patch_scale > 0``) an image is resized to its working size and scored
+by overlapping tiles (`score_working_image`), whose raw maps are stitched by averaging
+before the smoothing and the max, as the model was trained on patches of that scale.
 """
+import dataclasses
+import math
+
 import numpy as np
 import tensorflow as tf
 
 from grdnet_tf import keys
+from grdnet_tf.data import preprocess, tiling
+
+PAPER_KERNEL = 21        # the paper's smoothing window ...
+PAPER_IMAGE_SIZE = 256   # ... for 256 px inputs
 
 
-def prepare_images(images, image_size, channels):
-    """Any-size uint8/float images [B, h, w, 1|3] -> float32 [B, H, W, channels] in [0, 1]."""
-    if images.dtype == tf.uint8:
-        images = tf.cast(images, tf.float32) / 255.0
-    else:
-        images = tf.cast(images, tf.float32)
-    in_channels = images.shape[-1]
-    if in_channels == 3 and channels == 1:
-        images = tf.image.rgb_to_grayscale(images)
-    elif in_channels == 1 and channels == 3:
-        images = tf.image.grayscale_to_rgb(images)
-    elif in_channels not in (1, 3):
-        raise ValueError(f"images must have 1 or 3 channels, got {in_channels}")
-    images = tf.image.resize(images, image_size, method="bilinear", antialias=True)
-    return tf.clip_by_value(images, 0.0, 1.0)
+def odd_window(size):
+    """The odd integer nearest to `size` (halves round up), at least 1."""
+    return max(1, int(math.floor(size / 2.0)) * 2 + 1)
 
 
-def prepare_roi(roi, image_size):
-    """ROI [B, h, w] or [B, h, w, 1] (any dtype, nonzero = inside) -> float32 [B, H, W] {0,1}."""
-    roi = tf.convert_to_tensor(roi)
-    if roi.shape.rank == 3:
-        roi = roi[..., tf.newaxis]
-    roi = tf.cast(tf.cast(roi, tf.float32) > 0, tf.float32)
-    roi = tf.image.resize(roi, image_size, method="nearest")
-    return roi[..., 0]
+def paper_kernel(image_size):
+    """The paper's 21x21 window scaled to the model input: 21 * min(H, W) / 256, odd, >= 1
+    (11 at 128 px, 5 at 64 px)."""
+    return odd_window(PAPER_KERNEL * min(image_size) / PAPER_IMAGE_SIZE)
+
+
+def candidate_kernels(image_size, windows_at_256):
+    """Candidate smoothing windows given at 256 px, scaled to `image_size`, odd, sorted,
+    without repeats."""
+    scale = min(image_size) / PAPER_IMAGE_SIZE
+    return tuple(sorted({1 if w <= 1 else odd_window(w * scale) for w in windows_at_256}))
 
 
 def smooth(anomaly_map, kernel_size):
-    """Average pooling, kernel_size x kernel_size, stride 1, same padding ([B, H, W])."""
+    """Mean over kernel_size x kernel_size windows, stride 1, output the size of the input,
+    zeros outside the map counted ([B, H, W]; odd kernel_size; 1 = identity)."""
     if kernel_size <= 1:
         return anomaly_map
-    pooled = tf.nn.avg_pool2d(anomaly_map[..., tf.newaxis], ksize=kernel_size, strides=1,
-                              padding="SAME")
+    half = kernel_size // 2
+    padded = tf.pad(tf.convert_to_tensor(anomaly_map)[..., tf.newaxis],
+                    [[0, 0], [half, half], [half, half], [0, 0]])
+    pooled = tf.nn.avg_pool2d(padded, ksize=kernel_size, strides=1, padding="VALID")
     return pooled[..., 0]
 
 
@@ -58,10 +69,50 @@ def image_score(smoothed_map):
     return tf.reduce_max(smoothed_map, axis=[1, 2])
 
 
+@dataclasses.dataclass(frozen=True)
+class ScoringParams:
+    """Everything that turns a model's maps into scores (and what an export records).
+
+    Args:
+        image_size: (H, W) the networks see (the patch size in patch mode).
+        channels: 1 or 3.
+        kernel: odd smoothing window (1 = none).
+        patch_scale: working scale of patch mode; 0 = whole images resized to image_size.
+        patch_stride: tile stride in patch mode.
+    """
+    image_size: tuple
+    channels: int
+    kernel: int
+    patch_scale: float = 0.0
+    patch_stride: int = 0
+
+    @classmethod
+    def from_run(cls, config, calibration=None):
+        """The run's scoring: `resolve_kernel` and the config's data / patch settings."""
+        patches = tiling.patch_mode(config)
+        return cls(image_size=tuple(int(v) for v in config.data.image_size),
+                   channels=int(config.data.channels),
+                   kernel=resolve_kernel(config, calibration),
+                   patch_scale=float(config.data.patch_scale) if patches else 0.0,
+                   patch_stride=tiling.patch_stride(config) if patches else 0)
+
+
+def resolve_kernel(config, calibration=None):
+    """The smoothing window: `scoring.smoothing_kernel` when set (> 0), else the window in
+    `calibration` (calibration.json), else `paper_kernel` of data.image_size."""
+    explicit = int(config.scoring.smoothing_kernel)
+    if explicit:
+        return explicit
+    if calibration and calibration.get("smoothing_kernel"):
+        return int(calibration["smoothing_kernel"])
+    return paper_kernel(tuple(config.data.image_size))
+
+
 def score_model_inputs(model, images, kernel_size, roi=None):
     """Model-size float images [B, H, W, C] -> dict with model-resolution outputs.
 
-    Returns RECONSTRUCTION [B, H, W, C], ANOMALY_MAP (smoothed) [B, H, W], ANOMALY_SCORE [B].
+    Returns RECONSTRUCTION [B, H, W, C], RAW_ANOMALY_MAP (after the ROI mask) [B, H, W],
+    ANOMALY_MAP (smoothed) [B, H, W] and ANOMALY_SCORE [B].
     `roi`: optional float [B, H, W] hard mask applied to the raw map before smoothing.
     """
     outputs = model(images, training=False)
@@ -69,18 +120,51 @@ def score_model_inputs(model, images, kernel_size, roi=None):
     if roi is not None:
         anomaly_map = anomaly_map * roi
     smoothed = smooth(anomaly_map, kernel_size)
-    return {keys.RECONSTRUCTION: outputs[keys.RECONSTRUCTION], keys.ANOMALY_MAP: smoothed,
+    return {keys.RECONSTRUCTION: outputs[keys.RECONSTRUCTION],
+            keys.RAW_ANOMALY_MAP: anomaly_map, keys.ANOMALY_MAP: smoothed,
             keys.ANOMALY_SCORE: image_score(smoothed)}
 
 
-def score_images(model, images, image_size, channels, kernel_size, threshold, roi=None):
+def working_input(image, params):
+    """Native image [h, w, 1|3] (uint8 or float) -> float32 [h', w', channels] at its
+    working size (patch mode), made by `preprocess.model_input` like every model input."""
+    image = tf.convert_to_tensor(image)
+    shape = tf.shape(image)
+    size = tiling.working_size(shape[0], shape[1], params.patch_scale, params.image_size)
+    return preprocess.model_input(image[None], size, params.channels)[0]
+
+
+def score_working_image(model, image, params, roi=None):
+    """Scores one working-size image [h', w', C] (on the model-input grid) by tiles.
+
+    The image is cut into `params.image_size` tiles every `params.patch_stride` pixels (the
+    last tile flush with the border), all tiles go through the model as one batch, the raw
+    maps and reconstructions are stitched by averaging overlaps, an optional ROI [h', w']
+    hard-masks the stitched map, which is then smoothed; the score is its max.
+    Returns RECONSTRUCTION [h', w', C], RAW_ANOMALY_MAP and ANOMALY_MAP [h', w'],
+    ANOMALY_SCORE scalar.
+    """
+    image = tf.convert_to_tensor(image, tf.float32)
+    size = tf.shape(image)[:2]
+    offsets = tiling.grid(size[0], size[1], params.image_size, params.patch_stride)
+    tiles = tiling.extract(image, offsets, params.image_size)
+    outputs = model(tiles, training=False)
+    raw = tiling.stitch(outputs[keys.RAW_ANOMALY_MAP], offsets, size)
+    reconstruction = tiling.stitch(outputs[keys.RECONSTRUCTION], offsets, size)
+    if roi is not None:
+        raw = raw * roi
+    smoothed = smooth(raw[tf.newaxis], params.kernel)[0]
+    return {keys.RECONSTRUCTION: reconstruction, keys.RAW_ANOMALY_MAP: raw,
+            keys.ANOMALY_MAP: smoothed, keys.ANOMALY_SCORE: tf.reduce_max(smoothed)}
+
+
+def score_images(model, images, params, threshold, roi=None):
     """Full scoring of raw images at any resolution; outputs at the input resolution.
 
     Args:
         model: a GRDNet (or anything with the same `call` contract).
         images: uint8 or float [B, h, w, 1|3].
-        image_size: (H, W) of the model; channels: the model's channels.
-        kernel_size: smoothing window; threshold: float (scores above it are anomalous).
+        params: `ScoringParams`; threshold: float (scores above it are anomalous).
         roi: optional [B, h, w] (or [B, h, w, 1]) mask at the input resolution.
 
     Returns dict: RECONSTRUCTION float32 [B, h, w, C] in [0, 1], ANOMALY_MAP float32
@@ -88,12 +172,15 @@ def score_images(model, images, image_size, channels, kernel_size, threshold, ro
     """
     images = tf.convert_to_tensor(images)
     input_size = tf.shape(images)[1:3]
-    model_images = prepare_images(images, image_size, channels)
-    model_roi = None if roi is None else prepare_roi(roi, image_size)
-    out = score_model_inputs(model, model_images, kernel_size, roi=model_roi)
-    anomaly_map = tf.image.resize(out[keys.ANOMALY_MAP][..., tf.newaxis], input_size,
-                                  method="bilinear")[..., 0]
-    reconstruction = tf.image.resize(out[keys.RECONSTRUCTION], input_size, method="bilinear")
+    if params.patch_scale > 0:
+        out = _score_images_by_tiles(model, images, params, roi)
+    else:
+        model_roi = None if roi is None else preprocess.model_mask(roi, params.image_size)
+        out = score_model_inputs(model, preprocess.model_input(images, params.image_size,
+                                                               params.channels),
+                                 params.kernel, roi=model_roi)
+    anomaly_map = preprocess.resize(out[keys.ANOMALY_MAP][..., tf.newaxis], input_size)[..., 0]
+    reconstruction = preprocess.resize(out[keys.RECONSTRUCTION], input_size)
     score = out[keys.ANOMALY_SCORE]
     return {
         keys.RECONSTRUCTION: tf.clip_by_value(reconstruction, 0.0, 1.0),
@@ -103,54 +190,30 @@ def score_images(model, images, image_size, channels, kernel_size, threshold, ro
     }
 
 
+def _score_images_by_tiles(model, images, params, roi):
+    """`score_working_image` over a batch of same-size images (working resolution)."""
+    shape = tf.shape(images)
+    size = tiling.working_size(shape[1], shape[2], params.patch_scale, params.image_size)
+    working = preprocess.model_input(images, size, params.channels)
+    rois = (tf.ones(tf.concat([shape[:1], tf.stack(size)], 0)) if roi is None
+            else preprocess.model_mask(roi, size))
+
+    def one(args):
+        image, image_roi = args
+        out = score_working_image(model, image, params,
+                                  roi=None if roi is None else image_roi)
+        return {k: out[k] for k in (keys.RECONSTRUCTION, keys.ANOMALY_MAP,
+                                    keys.ANOMALY_SCORE)}
+
+    signature = {keys.RECONSTRUCTION: tf.TensorSpec([None, None, params.channels], tf.float32),
+                 keys.ANOMALY_MAP: tf.TensorSpec([None, None], tf.float32),
+                 keys.ANOMALY_SCORE: tf.TensorSpec([], tf.float32)}
+    return tf.map_fn(one, (working, rois), fn_output_signature=signature)
+
+
 def calibrate_threshold(normal_scores, quantile):
     """Threshold = the `quantile` of validation-normal image scores (linear interpolation)."""
     scores = np.asarray(normal_scores, dtype=np.float64)
     if scores.size == 0:
         raise ValueError("cannot calibrate a threshold without validation images")
     return float(np.quantile(scores, quantile))
-
-
-def tile_offsets(length, tile, stride):
-    """Start offsets covering [0, length) with windows of `tile` (the last one flush)."""
-    if length <= tile:
-        return [0]
-    offsets = list(range(0, length - tile, stride))
-    return offsets + [length - tile]
-
-
-def score_tiled(model, image, image_size, channels, kernel_size, tile_size, tile_stride,
-                roi=None):
-    """Scores one high-resolution image by tiles; returns the smoothed map at native size.
-
-    The image (uint8 or float [h, w, 1|3]) is cut into tile_size x tile_size windows every
-    tile_stride pixels (the last window flush with the border), each window is resized to the
-    model size and scored; the raw maps are resized back and stitched by averaging overlaps.
-    The stitched map is smoothed with the kernel scaled by tile_size / model size (odd), and
-    the image score is its max. `roi` (optional [h, w], nonzero = inside) hard-masks the
-    stitched map before smoothing. Returns dict: ANOMALY_MAP float32 [h, w], ANOMALY_SCORE
-    float32 scalar.
-    """
-    image = tf.convert_to_tensor(image)
-    height, width = int(image.shape[0]), int(image.shape[1])
-    tile_h, tile_w = min(tile_size, height), min(tile_size, width)
-    ys = tile_offsets(height, tile_h, tile_stride)
-    xs = tile_offsets(width, tile_w, tile_stride)
-    windows = tf.stack([image[y:y + tile_h, x:x + tile_w] for y in ys for x in xs])
-    outputs = model(prepare_images(windows, image_size, channels), training=False)
-    maps = tf.image.resize(outputs[keys.RAW_ANOMALY_MAP][..., tf.newaxis], (tile_h, tile_w),
-                           method="bilinear")[..., 0]
-    total = tf.zeros((height, width))
-    count = tf.zeros((height, width))
-    ones = tf.ones((tile_h, tile_w))
-    for i, (y, x) in enumerate((y, x) for y in ys for x in xs):
-        pad = [[y, height - y - tile_h], [x, width - x - tile_w]]
-        total += tf.pad(maps[i], pad)
-        count += tf.pad(ones, pad)
-    stitched = total / count
-    if roi is not None:
-        stitched *= tf.cast(tf.convert_to_tensor(roi) > 0, tf.float32)
-    scale = tile_size / float(min(image_size))
-    kernel = 1 if kernel_size <= 1 else int(round(kernel_size * scale)) // 2 * 2 + 1
-    smoothed = smooth(stitched[tf.newaxis], kernel)[0]
-    return {keys.ANOMALY_MAP: smoothed, keys.ANOMALY_SCORE: tf.reduce_max(smoothed)}

@@ -21,7 +21,7 @@ from helpers_config import REPO_ROOT, TINY_CONFIG, load_tiny_config  # noqa: F40
 
 
 def make_tiny_run(model_dir, seed=0, steps=2, image_size=(32, 32), channels=3,
-                  threshold=0.5):
+                  threshold=0.5, overrides=None):
     """Trains the tiny config for `steps` steps on random data and writes a run directory.
 
     Args:
@@ -30,6 +30,7 @@ def make_tiny_run(model_dir, seed=0, steps=2, image_size=(32, 32), channels=3,
         steps: number of `train_step` calls (batch size from the tiny config).
         image_size: (height, width) of the model; channels: 1 or 3.
         threshold: stored in calibration.json; None writes no calibration.
+        overrides: {dotted key: value} applied to the tiny config (e.g. patch mode).
 
     Returns the frozen config of the run.
     """
@@ -39,7 +40,7 @@ def make_tiny_run(model_dir, seed=0, steps=2, image_size=(32, 32), channels=3,
     config.seed = seed
     config.data.image_size = tuple(image_size)
     config.data.channels = channels
-    config = config_lib.freeze(config)
+    config = config_lib.with_overrides(config, overrides or {})
 
     keras.utils.set_random_seed(seed)
     model = build_grdnet(config, compile=True)

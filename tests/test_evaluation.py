@@ -53,9 +53,9 @@ def test_evaluated_scores_equal_the_scoring_module_on_native_images(evaluated, t
     config = run.config
     paths = [r["path"] for r in rows[:3]]
     images = np.stack([io.read_image(p, None, 3) for p in paths])
-    expected = scoring.score_images(run.model, images, tuple(config.data.image_size),
-                                    config.data.channels, config.scoring.smoothing_kernel,
-                                    run.threshold)
+    expected = scoring.score_images(
+        run.model, images, scoring.ScoringParams.from_run(config, run.calibration),
+        run.threshold)
     np.testing.assert_allclose([float(r["score"]) for r in rows[:3]],
                                expected[keys.ANOMALY_SCORE].numpy(), atol=1e-5)
     assert expected[keys.ANOMALY_MAP].shape == images.shape[:3]
@@ -130,7 +130,7 @@ def test_hard_roi_masking_silences_outside(tiny_run, demo_category, tmp_path):
     sample = [s for s in mvtec.index_test(demo_category) if s.roi_path][0]
     scored = next(run_scoring.iter_scored(scorer, [sample]))
     roi = io.read_mask(sample.roi_path, scorer.image_size)
-    kernel = run.config.scoring.smoothing_kernel
+    kernel = scorer.kernel
     # Smoothing spreads the masked map by kernel // 2 pixels at most.
     dilated = cv2.dilate(roi, np.ones((kernel, kernel), np.uint8))
     assert np.all(scored.anomaly_map[dilated == 0] == 0.0)
@@ -168,12 +168,6 @@ def test_use_roi_false_gives_whole_image_rois(demo_category):
     assert without.train_cache.rois.min() == 1
 
 
-def test_tile_offsets_cover_the_image():
-    assert scoring.tile_offsets(100, 40, 30) == [0, 30, 60]
-    assert scoring.tile_offsets(100, 40, 40) == [0, 40, 60]
-    assert scoring.tile_offsets(30, 40, 20) == [0]
-
-
 def test_tiled_scoring_stitches_by_averaging_overlaps():
     """A fake model whose map is the tile's mean intensity: stitched values are averages."""
     class MeanModel:
@@ -184,8 +178,9 @@ def test_tiled_scoring_stitches_by_averaging_overlaps():
 
     image = np.zeros((8, 12, 3), np.float32)
     image[:, 6:] = 1.0  # left half 0, right half 1
-    out = scoring.score_tiled(MeanModel(), image, (8, 8), 3, kernel_size=1, tile_size=8,
-                              tile_stride=2)
+    params = scoring.ScoringParams(image_size=(8, 8), channels=3, kernel=1, patch_scale=1.0,
+                                   patch_stride=2)
+    out = scoring.score_working_image(MeanModel(), image, params)
     amap, score = out[keys.ANOMALY_MAP], out[keys.ANOMALY_SCORE]
     # Windows at x = 0, 2, 4 have means 2/8, 4/8, 6/8. Column 0 is covered by x=0 only,
     # column 5 by all three windows, column 11 by x=4 only.
@@ -193,9 +188,10 @@ def test_tiled_scoring_stitches_by_averaging_overlaps():
     np.testing.assert_allclose(amap[:, 5], (0.25 + 0.5 + 0.75) / 3, atol=1e-6)
     np.testing.assert_allclose(amap[:, 11], 0.75, atol=1e-6)
     assert float(score) == pytest.approx(0.75, abs=1e-6)
-    roi = np.zeros((8, 12), np.uint8)
+    np.testing.assert_allclose(out[keys.RECONSTRUCTION], image, atol=1e-6)
+    roi = np.zeros((8, 12), np.float32)
     roi[:, :3] = 1
-    masked = scoring.score_tiled(MeanModel(), image, (8, 8), 3, kernel_size=1, tile_size=8,
-                                 tile_stride=2, roi=roi)[keys.ANOMALY_SCORE]
+    masked = scoring.score_working_image(MeanModel(), image, params,
+                                         roi=roi)[keys.ANOMALY_SCORE]
     # Inside the ROI (columns 0-2) the largest value is column 2: windows x=0 and x=2.
     assert float(masked) == pytest.approx((0.25 + 0.5) / 2, abs=1e-6)

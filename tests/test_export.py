@@ -99,9 +99,8 @@ def _images(shape, seed):
 
 def _reference(loaded, images, roi=None):
     """The in-process scoring module on the exporting model (numpy outputs)."""
-    c = loaded.config
-    out = scoring.score_images(loaded.model, images, c.data.image_size, c.data.channels,
-                               c.scoring.smoothing_kernel, loaded.threshold, roi=roi)
+    params = scoring.ScoringParams.from_run(loaded.config, loaded.calibration)
+    out = scoring.score_images(loaded.model, images, params, loaded.threshold, roi=roi)
     out = {k: v.numpy() for k, v in out.items()}
     rec = np.rint(np.clip(out[keys.RECONSTRUCTION], 0.0, 1.0) * 255.0).astype(np.uint8)
     out[keys.RECONSTRUCTION] = np.repeat(rec, 3, axis=-1) if rec.shape[-1] == 1 else rec
@@ -560,7 +559,10 @@ def test_serve_bytes_png_and_jpeg(exported, fresh_process):
 
     jpeg = fresh_process.inputs["bytes_jpeg"]["image_bytes"][0]
     got = fresh_process.outputs["bytes_jpeg"]
-    decoded = tf.io.decode_image(jpeg, channels=3, expand_animations=False).numpy()[None]
+    # Decoded as grdnet-predict and the training cache decode it (OpenCV), not with TF's
+    # default fast IDCT.
+    decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR),
+                           cv2.COLOR_BGR2RGB)[None]
     assert got[keys.ANOMALY_MAP].shape == (1, 64, 56)
     _assert_matches(got, _reference(exported.loaded, decoded))
     heatmap = cv2.imdecode(np.frombuffer(got[export_lib.HEATMAP_PNG_BYTES][0], np.uint8),
@@ -602,3 +604,48 @@ def test_binary_flags_versions_and_overwrite(exported, jobs):
     assert sorted(os.listdir(base)) == ["1"]                  # no .tmp-*, no .old-*
     metadata = export_lib.read_metadata(os.path.join(base, "1"))
     assert metadata["threshold"] == 0.25 and metadata["threshold_source"] == "flag"
+
+
+def test_training_cache_and_serving_default_give_the_model_the_same_input(
+        exported, saved_model, tmp_path):
+    """One file, two paths: the training cache (OpenCV decode, preprocess, uint8) and the
+    SavedModel (uint8 RGB in, preprocess in the graph). The model input is the same bit for
+    bit, so the exported score equals the score of the cached image."""
+    from grdnet_tf.data import pipeline, preprocess
+    loaded = exported.loaded
+    config = loaded.config
+    size = tuple(config.data.image_size)
+    native = _images((1, 75, 61), 11)[0]          # not a multiple of the 32x32 model size
+    path = str(tmp_path / "part.png")
+    cv2.imwrite(path, cv2.cvtColor(native, cv2.COLOR_RGB2BGR))
+    cache = pipeline.load_cache([types.SimpleNamespace(path=path, roi_path=None)], size,
+                                config.data.channels)
+    graph_input = tf.function(
+        lambda x: preprocess.model_input(x, size, config.data.channels),
+        input_signature=[export_lib.IMAGES_SPEC])(tf.constant(native[None])).numpy()
+    np.testing.assert_array_equal(preprocess.to_unit(cache.images[0]), graph_input[0])
+    params = scoring.ScoringParams.from_run(config, loaded.calibration)
+    from_cache = scoring.score_model_inputs(
+        loaded.model, preprocess.to_unit(cache.images), params.kernel)
+    served = saved_model.signatures["serving_default"](images=tf.constant(native[None]))
+    np.testing.assert_allclose(served[keys.ANOMALY_SCORE].numpy(),
+                               from_cache[keys.ANOMALY_SCORE].numpy(), atol=1e-6)
+    # What serving did before: an antialiased bilinear resize, 1/255 and more away.
+    old = tf.image.resize(native[None] / 255.0, size, method="bilinear", antialias=True)
+    assert np.abs(old.numpy()[0] - cache.images[0] / 255.0).max() > 1.0 / 255.0
+
+
+def test_serve_bytes_decodes_jpeg_as_opencv_does(saved_model):
+    """serve_bytes decodes JPEG with the accurate integer IDCT (OpenCV's): the same file
+    scores the same through serve_bytes and through serving_default on cv2-decoded pixels.
+    TF's default fast IDCT differs by several grey levels."""
+    image = _images((1, 64, 56), 12)[0]
+    jpeg = _encode(image, ".jpg")
+    by_cv2 = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR),
+                          cv2.COLOR_BGR2RGB)
+    fast = tf.io.decode_jpeg(jpeg, channels=3).numpy()
+    assert np.abs(fast.astype(int) - by_cv2).max() >= 1
+    served = saved_model.signatures["serve_bytes"](image_bytes=tf.constant([jpeg]))
+    default = saved_model.signatures["serving_default"](images=tf.constant(by_cv2[None]))
+    np.testing.assert_array_equal(served[keys.ANOMALY_SCORE].numpy(),
+                                  default[keys.ANOMALY_SCORE].numpy())

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from grdnet_tf import keys
 from grdnet_tf.config import base_config
-from grdnet_tf.data import pipeline
+from grdnet_tf.data import pipeline, preprocess
 from helpers_images import random_images
 
 SIZE, N, BATCH = 32, 5, 4
@@ -83,7 +83,7 @@ def test_every_pass_is_a_new_permutation():
     config = make_config(anomaly_prob=0.0, rotation_deg=0.0)
     images = np.concatenate([b[keys.IMAGE] for b in
                              take(pipeline.train_dataset(config, CACHE, 1), 3 * N)])
-    expected = CACHE.images.astype(np.float32) / 255.0
+    expected = CACHE.images.astype(np.float32) * preprocess.UNIT
     order = [int(np.argmin(np.abs(expected - x).reshape(N, -1).max(axis=1))) for x in images]
     np.testing.assert_array_equal(images, expected[order])  # unaugmented images, exactly
     passes = [order[i * N:(i + 1) * N] for i in range(3)]
@@ -97,7 +97,7 @@ def test_validation_dataset_fixed_and_unrotated():
     assert [x[keys.IMAGE].shape[0] for x in a] == [4, 1]  # drop_remainder=False
     assert_same(a, b)
     images = np.concatenate([x[keys.IMAGE] for x in a])
-    np.testing.assert_array_equal(images, CACHE.images.astype(np.float32) / 255.0)
+    np.testing.assert_array_equal(images, CACHE.images.astype(np.float32) * preprocess.UNIT)
     rois = np.concatenate([x[keys.ROI] for x in a])
     np.testing.assert_array_equal(rois, CACHE.rois.astype(np.float32))
     masks = np.concatenate([x[keys.MASK] for x in a])

@@ -101,3 +101,17 @@ def test_resize_runs_in_a_graph_on_any_size():
     for shape in ((2, 40, 30, 3), (1, 8, 9, 3)):
         assert fn(tf.zeros(shape, tf.uint8)).shape == (shape[0], 16, 16, 1)
     assert len(fn._list_all_concrete_functions()) == 1
+
+
+def test_ties_round_the_same_in_eager_code_and_in_a_graph():
+    # 2x2 means of uint8 values end in .5 for a quarter of the pixels: computed on grey
+    # levels they are exact, so every summation order rounds them alike (half to even).
+    image = np.random.default_rng(7).integers(0, 256, (2, 128, 96, 3), dtype=np.uint8)
+    eager = preprocess.model_input(image, (64, 48), 3).numpy()
+    graph = tf.function(lambda x: preprocess.model_input(x, (64, 48), 3),
+                        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])(
+        tf.constant(image)).numpy()
+    np.testing.assert_array_equal(eager, graph)
+    sums = image.reshape(2, 64, 2, 48, 2, 3).astype(np.int64).sum(axis=(2, 4))
+    assert (sums % 4 == 2).mean() > 0.2                          # many exact ties
+    np.testing.assert_array_equal(np.round(eager * 255.0), np.round(sums / 4.0))

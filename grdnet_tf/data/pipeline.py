@@ -1,8 +1,9 @@
 """Training and validation ``tf.data`` pipelines over a decoded image cache (docs/method.md §1).
 
-All images are decoded once (OpenCV, a few threads) into a uint8 :class:`ImageCache`; the
-datasets gather from it, augment and synthesise in TensorFlow ops, so there is no Python
-per sample and the stream depends only on ``config.seed``:
+All images are decoded once (OpenCV, a few threads) and resized with
+`preprocess.model_input_uint8`, the resize every model input goes through, into a uint8
+:class:`ImageCache`; the datasets gather from it, augment and synthesise in TensorFlow ops,
+so there is no Python per sample and the stream depends only on ``config.seed``:
 
 * element ``e`` of the training stream belongs to pass ``p = e // N`` and shows image
   ``index_shuffle(e % N, seed(config.seed, p))`` (a new permutation each pass);
@@ -11,6 +12,14 @@ per sample and the stream depends only on ``config.seed``:
 * batch ``k`` holds elements ``[k B, (k + 1) B)``, so ``start_step=k`` starts the counter
   at ``k B`` (nothing is decoded or synthesised for the skipped batches) and a resumed run
   continues the same stream.
+
+Patch mode (``data.patch_scale > 0``, see grdnet_tf.data.tiling): the cache holds every image
+at its working size (padded to the largest, with its true size), and an element is a
+``data.image_size`` patch of it: a uniformly random one (``data.patch_sampling="random"``)
+or, with ``"grid"``, the stream runs over the shuffled grid patches of all images (stride
+``data.patch_stride``). The ROI is cropped with the image; augmentation and synthesis then
+act on the patch as on a whole image. Validation uses the grid patches at stride = patch
+size, in order.
 
 Under ``tf.distribute`` the datasets are batched with the global batch size and shard by
 DATA (every worker builds the same stream and keeps its share of the batches).
@@ -25,9 +34,10 @@ import tensorflow as tf
 from absl import logging
 
 from grdnet_tf import keys
-from grdnet_tf.data import io, perlin, synthesis
+from grdnet_tf.data import io, perlin, preprocess, synthesis, tiling
 
 TRAIN_STREAM, VALIDATION_STREAM, SHUFFLE_STREAM = 0, 1, 2
+_PATCH_OFFSET = 100  # sub-seed tag of the random patch offset (synthesis uses 0..10)
 
 
 @dataclasses.dataclass
@@ -35,40 +45,62 @@ class ImageCache:
     """Decoded images of one split.
 
     Args:
-      images: uint8 ``[N, H, W, C]``.
+      images: uint8 ``[N, H, W, C]``: the model-size images, or in patch mode the
+        working-size images zero-padded to the largest.
       rois: uint8 ``[N, H, W, 1]`` in {0, 1} (all ones where an image has no ROI file).
       paths: the N source image paths.
+      sizes: int32 ``[N, 2]`` true (height, width) of each image (None: all full size).
     """
     images: np.ndarray
     rois: np.ndarray
     paths: list
+    sizes: np.ndarray = None
+
+    def __post_init__(self):
+        if self.sizes is None:
+            self.sizes = np.tile(np.asarray(self.images.shape[1:3], np.int32),
+                                 (len(self.images), 1))
 
     def __len__(self):
         return len(self.paths)
 
 
-def _read_sample(sample, image_size, channels):
-    image = io.read_image(sample.path, image_size, channels)
-    if sample.roi_path is None:
-        roi = np.ones(image.shape[:2], np.uint8)
+def _read_sample(sample, image_size, channels, patch_scale=0.0):
+    native = io.read_image(sample.path, None, channels)
+    if patch_scale > 0:
+        size = tuple(int(v) for v in tiling.working_size(*native.shape[:2], patch_scale,
+                                                          image_size))
     else:
-        roi = io.read_mask(sample.roi_path, image_size)
+        size = tuple(image_size)
+    image = preprocess.model_input_uint8(native[None], size, channels).numpy()[0]
+    if sample.roi_path is None:
+        roi = np.ones(size, np.uint8)
+    else:
+        roi = io.read_mask(sample.roi_path)
+        if roi.shape != native.shape[:2]:
+            logging.warning("ROI %s is %dx%d, its image %s is %dx%d: resized to the image",
+                            sample.roi_path, roi.shape[1], roi.shape[0], sample.path,
+                            native.shape[1], native.shape[0])
+        roi = preprocess.model_mask(roi[None], size).numpy()[0].astype(np.uint8)
         if not roi.any():
             raise ValueError(f"ROI mask {sample.roi_path} (of {sample.path}) is empty (all "
                              f"zero): fix or delete it (a missing ROI means the whole image)")
     return image, roi
 
 
-def load_cache(samples, image_size, channels, skip_bad_files=False) -> ImageCache:
-    """Decodes every sample (image and ROI) once, resized to ``image_size = (h, w)``.
+def load_cache(samples, image_size, channels, skip_bad_files=False,
+               patch_scale=0.0) -> ImageCache:
+    """Decodes every sample (image and ROI) once and resizes it with `preprocess`.
 
     Args:
       samples: :class:`grdnet_tf.data.mvtec.Sample` list (or anything with ``path`` and
         ``roi_path``).
-      image_size: (height, width).
+      image_size: (height, width) of the model input.
       channels: 1 or 3.
       skip_bad_files: skip unreadable images or ROIs (one warning with the count) instead
         of raising.
+      patch_scale: 0 resizes every image to ``image_size``; > 0 keeps each at its working
+        size (grdnet_tf.data.tiling.working_size) for patch training.
     Raises:
       io.ImageReadError: an unreadable image or ROI file (unless skipped).
       ValueError: an all-zero ROI mask (never skipped); every file skipped.
@@ -78,7 +110,7 @@ def load_cache(samples, image_size, channels, skip_bad_files=False) -> ImageCach
 
     def read(sample):
         try:
-            return _read_sample(sample, (height, width), channels)
+            return _read_sample(sample, (height, width), channels, patch_scale)
         except io.ImageReadError as e:
             if not skip_bad_files:
                 raise
@@ -94,13 +126,19 @@ def load_cache(samples, image_size, channels, skip_bad_files=False) -> ImageCach
                         len(skipped), len(samples), "; ".join(str(e) for e in skipped[:3]))
         if not kept:
             raise ValueError(f"all {len(samples)} images were unreadable, e.g. {skipped[0]}")
-    images = np.zeros((len(kept), height, width, channels), np.uint8)
-    rois = np.zeros((len(kept), height, width, 1), np.uint8)
+    sizes = np.asarray([image.shape[:2] for _, (image, _) in kept], np.int32).reshape(-1, 2)
+    max_h, max_w = (sizes.max(axis=0) if len(kept) else (height, width))
+    images = np.zeros((len(kept), max_h, max_w, channels), np.uint8)
+    rois = np.zeros((len(kept), max_h, max_w, 1), np.uint8)
     for i, (_, (image, roi)) in enumerate(kept):
-        images[i], rois[i, :, :, 0] = image, roi
-    logging.info("decoded %d images at %dx%d in %.1f s", len(kept), height, width,
+        h, w = image.shape[:2]
+        images[i, :h, :w], rois[i, :h, :w, 0] = image, roi
+    logging.info("decoded %d images at %s in %.1f s", len(kept),
+                 f"{height}x{width}" if not patch_scale else
+                 f"working scale {patch_scale} (up to {max_h}x{max_w})",
                  time.perf_counter() - start)
-    return ImageCache(images=images, rois=rois, paths=[s.path for s, _ in kept])
+    return ImageCache(images=images, rois=rois, paths=[s.path for s, _ in kept],
+                      sizes=sizes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,11 +170,53 @@ def _base_seed(config, stream):
     return tf.constant([int(config.seed), stream], tf.int64)
 
 
-def _check_cache(cache, config, what):
+def _check_cache(cache, config, what, patches=False):
     expected = (*tuple(int(s) for s in config.data.image_size), int(config.data.channels))
-    if cache.images.ndim != 4 or cache.images.shape[1:] != expected:
-        raise ValueError(f"{what} images have shape {cache.images.shape[1:]}, expected "
-                         f"{expected} (data.image_size, data.channels)")
+    shape = cache.images.shape[1:]
+    if patches:
+        ok = (cache.images.ndim == 4 and shape[2] == expected[2]
+              and (cache.sizes >= np.asarray(expected[:2])).all())
+    else:
+        ok = cache.images.ndim == 4 and shape == expected
+    if not ok:
+        raise ValueError(f"{what} images have shape {shape}, expected "
+                         f"{'at least ' if patches else ''}{expected} (data.image_size, "
+                         f"data.channels)")
+
+
+def grid_patches(cache, patch_size, stride):
+    """int32 [K, 3] (image index, y, x) of every grid patch of every cache image."""
+    rows = []
+    for index, (h, w) in enumerate(cache.sizes):
+        offsets = tiling.grid(int(h), int(w), patch_size, stride).numpy()
+        rows.append(np.concatenate([np.full((len(offsets), 1), index), offsets], axis=1))
+    return np.concatenate(rows).astype(np.int32) if rows else np.zeros((0, 3), np.int32)
+
+
+def patch_cache(cache, patch_size, stride):
+    """An :class:`ImageCache` of the grid patches of `cache` (image and ROI cropped)."""
+    table = grid_patches(cache, patch_size, stride)
+    height, width = patch_size
+    images = np.stack([cache.images[i, y:y + height, x:x + width] for i, y, x in table])
+    rois = np.stack([cache.rois[i, y:y + height, x:x + width] for i, y, x in table])
+    return ImageCache(images=images, rois=rois,
+                      paths=[f"{cache.paths[i]}@{y},{x}" for i, y, x in table])
+
+
+def items_per_epoch(config, cache):
+    """Training elements in one epoch: the images, or in patch mode the grid patches."""
+    if not tiling.patch_mode(config):
+        return len(cache)
+    return len(grid_patches(cache, tuple(config.data.image_size), tiling.patch_stride(config)))
+
+
+def _centre_patches(cache, patch_size):
+    """uint8 [N, H, W, C]: the centre patch of each working-size image (self-textures)."""
+    out = np.zeros((len(cache), *patch_size, cache.images.shape[-1]), np.uint8)
+    for i, (h, w) in enumerate(cache.sizes):
+        y, x = (int(h) - patch_size[0]) // 2, (int(w) - patch_size[1]) // 2
+        out[i] = cache.images[i, y:y + patch_size[0], x:x + patch_size[1]]
+    return out
 
 
 def synthesis_fn(config, cache, texture_cache=None, augment=True, stream=TRAIN_STREAM):
@@ -145,17 +225,26 @@ def synthesis_fn(config, cache, texture_cache=None, augment=True, stream=TRAIN_S
     Returns float32 tensors of one example: IMAGE (augmented X), PERTURBED (X_n), MASK (M)
     and ROI, in [0, 1]. ``augment=False`` disables rotation and flips (validation).
     Randomness: stateless seed ``fold_in((config.seed, stream), element_index)``.
-    Self-textures come from other images of ``cache`` (needs >= 2 images), external ones
-    from ``texture_cache``.
+    Self-textures come from other images of ``cache`` (needs >= 2 images; in patch mode
+    their centre patches), external ones from ``texture_cache``.
+    In patch mode ``fn(element_index, image_index, offset=None)`` crops the patch at
+    ``offset`` (y, x), or at a uniformly random offset when None.
     """
     params = synthesis.SynthesisParams.from_config(config)
     if not augment:
         params = dataclasses.replace(params, rotation_deg=0.0, flip_horizontal=False,
                                      flip_vertical=False)
-    _check_cache(cache, config, "cache")
+    patches = tiling.patch_mode(config)
+    patch_size = tuple(int(v) for v in config.data.image_size)
+    _check_cache(cache, config, "cache", patches=patches)
     images = tf.constant(cache.images)
     rois = tf.constant(cache.rois)
-    self_bank = images if len(cache) >= 2 else None
+    sizes = tf.constant(cache.sizes, tf.int32)
+    if patches:
+        bank = tf.constant(_centre_patches(cache, patch_size))
+    else:
+        bank = images
+    self_bank = bank if len(cache) >= 2 else None
     external_bank = None
     if texture_cache is not None and len(texture_cache):
         _check_cache(texture_cache, config, "texture")
@@ -164,10 +253,20 @@ def synthesis_fn(config, cache, texture_cache=None, augment=True, stream=TRAIN_S
     synthesis.source_probabilities(params, self_bank is not None, external_bank is not None)
     base_seed = _base_seed(config, stream)
 
-    def fn(element_index, image_index):
+    def fn(element_index, image_index, offset=None):
         seed = perlin.fold(base_seed, tf.cast(element_index, tf.int64))
-        image = synthesis.to_float(tf.gather(images, image_index))
-        roi = tf.cast(tf.gather(rois, image_index), tf.float32)
+        image = tf.gather(images, image_index)
+        roi = tf.gather(rois, image_index)
+        if patches:
+            if offset is None:
+                room = tf.gather(sizes, image_index) - tf.constant(patch_size, tf.int32) + 1
+                u = perlin.uniform([2], perlin.fold(seed, _PATCH_OFFSET))
+                offset = tf.minimum(tf.cast(u * tf.cast(room, tf.float32), tf.int32),
+                                    room - 1)
+            image = tiling.crop(image, offset, patch_size)
+            roi = tiling.crop(roi, offset, patch_size)
+        image = synthesis.to_float(image)
+        roi = tf.cast(roi, tf.float32)
         image, roi = synthesis.augment_geometry(image, roi, seed, params)
         perturbed, mask = synthesis.synthesize(image, seed, params, self_bank=self_bank,
                                                self_index=image_index,
@@ -216,11 +315,21 @@ def train_dataset(config, cache, global_batch_size, start_step=0, texture_cache=
     if texture_cache is None:
         texture_cache = load_textures(config)
     fn = synthesis_fn(config, cache, texture_cache, augment=True, stream=TRAIN_STREAM)
-    num_images = len(cache)
+    if tiling.patch_mode(config) and config.data.patch_sampling == "grid":
+        table = tf.constant(grid_patches(cache, tuple(config.data.image_size),
+                                         tiling.patch_stride(config)))
+        num_items = int(table.shape[0])
 
-    @tf.autograph.experimental.do_not_convert  # control flow is explicit tf.cond/switch_case
-    def example(element_index):
-        return fn(element_index, shuffled_index(config, element_index, num_images))
+        @tf.autograph.experimental.do_not_convert
+        def example(element_index):
+            row = tf.gather(table, shuffled_index(config, element_index, num_items))
+            return fn(element_index, row[0], row[1:])
+    else:
+        num_images = len(cache)
+
+        @tf.autograph.experimental.do_not_convert  # explicit tf.cond/switch_case only
+        def example(element_index):
+            return fn(element_index, shuffled_index(config, element_index, num_images))
 
     ds = tf.data.Dataset.counter(start=int(start_step) * int(global_batch_size),
                                  dtype=tf.int64)
@@ -235,6 +344,7 @@ def validation_dataset(config, cache, batch_size, texture_cache=None):
     Fixed-seed anomalies (the same on every call), no rotation or flips, the last batch may
     be smaller (drop_remainder=False); same keys and dtypes as :func:`train_dataset`.
     Self-textures come from the validation images themselves (never from the test split).
+    In patch mode the elements are the grid patches of each image at stride = patch size.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
@@ -243,8 +353,16 @@ def validation_dataset(config, cache, batch_size, texture_cache=None):
     if texture_cache is None:
         texture_cache = load_textures(config)
     fn = synthesis_fn(config, cache, texture_cache, augment=False, stream=VALIDATION_STREAM)
-    ds = tf.data.Dataset.range(len(cache))
-    ds = ds.map(tf.autograph.experimental.do_not_convert(lambda i: fn(i, i)),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if tiling.patch_mode(config) and len(cache):
+        patch_size = tuple(config.data.image_size)
+        table = tf.constant(grid_patches(cache, patch_size, min(patch_size)))
+        ds = tf.data.Dataset.range(int(table.shape[0]))
+        ds = ds.map(tf.autograph.experimental.do_not_convert(
+            lambda i: fn(i, table[i, 0], table[i, 1:])),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        ds = tf.data.Dataset.range(len(cache))
+        ds = ds.map(tf.autograph.experimental.do_not_convert(lambda i: fn(i, i)),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(int(batch_size), drop_remainder=False)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())

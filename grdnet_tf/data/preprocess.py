@@ -13,9 +13,9 @@ prediction and every export (docs/method.md §5: "one resize function").
    pixel by its overlap, which is OpenCV's ``INTER_AREA``. An axis that grows uses linear
    weights at half-pixel centres with clamped borders (``INTER_LINEAR``). Equal sizes are the
    identity.
-3. **Quantisation**: the result is rounded to the 1/255 grid. The training cache stores
-   uint8, so rounding here makes an image at inference equal, bit for bit, to the same image
-   in the training cache.
+3. **Quantisation**: the result is rounded to the 1/255 grid (half to even). The training
+   cache stores uint8, so rounding here makes an image at inference equal, bit for bit, to
+   the same image in the training cache.
 
 Masks (ROIs, ground truth) go through `model_mask`: nonzero = inside, nearest neighbour at
 half-pixel centres (OpenCV's ``INTER_NEAREST_EXACT``), values in {0, 1}.
@@ -23,12 +23,23 @@ half-pixel centres (OpenCV's ``INTER_NEAREST_EXACT``), values in {0, 1}.
 Everything is TensorFlow ops on dynamic shapes, so it runs inside a SavedModel signature for
 images of any size.
 """
+import numpy as np
 import tensorflow as tf
+
+# Grey level -> [0, 1] by multiplying with one float32 constant. A division by 255 is not
+# safe: TensorFlow's graph optimiser may turn it into this multiplication in one graph and
+# not in another (eager code), which differs in the last bit.
+UNIT = np.float32(1.0 / 255.0)
 
 # cv2.cvtColor(COLOR_RGB2GRAY) on uint8 (OpenCV 5): fixed-point weights, 15 fractional bits.
 _GRAY_WEIGHTS_FIXED = (9798, 19235, 3735)
 _GRAY_SHIFT = 15
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def to_unit(levels):
+    """uint8 (or float) grey levels 0..255 -> float32 in [0, 1], the same in every graph."""
+    return tf.cast(levels, tf.float32) * UNIT
 
 
 def to_channels(images, channels):
@@ -79,37 +90,51 @@ def axis_weights(in_length, out_length):
 
 
 def resize(images, size):
-    """float32 [B, h, w, C] -> [B, H, W, C] with `axis_weights` per axis (no rounding)."""
+    """float32 [B, h, w, C] -> [B, H, W, C] with `axis_weights` per axis (no rounding).
+
+    Two plain 2-D matmuls (a broadcasting batched matmul segfaults in TF 2.21's oneDNN
+    kernels on some shapes; see docs/tf-notes.md).
+    """
     images = tf.convert_to_tensor(images, tf.float32)
     shape = tf.shape(images)
-    height, width = size
-    rows = axis_weights(shape[1], height)                      # [H, h]
-    cols = axis_weights(shape[2], width)                       # [W, w]
-    x = tf.transpose(images, [0, 3, 1, 2])                     # [B, C, h, w]
-    x = tf.matmul(tf.matmul(rows, x), cols, transpose_b=True)  # [B, C, H, W]
-    return tf.transpose(x, [0, 2, 3, 1])
-
-
-def quantize(images):
-    """Rounds float images in [0, 1] to the uint8 grid (k / 255), half to even."""
-    return tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0) / 255.0
+    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+    rows = axis_weights(height, size[0])                                   # [H, h]
+    cols = axis_weights(width, size[1])                                    # [W, w]
+    out_h, out_w = tf.shape(rows)[0], tf.shape(cols)[0]
+    x = tf.reshape(tf.transpose(images, [1, 0, 2, 3]), [height, -1])       # [h, B w C]
+    x = tf.reshape(tf.matmul(rows, x), [out_h, batch, width, channels])    # [H, B, w, C]
+    x = tf.reshape(tf.transpose(x, [1, 0, 3, 2]), [-1, width])             # [B H C, w]
+    x = tf.reshape(tf.matmul(x, cols, transpose_b=True),
+                   [batch, out_h, channels, out_w])                        # [B, H, C, W]
+    out = tf.transpose(x, [0, 1, 3, 2])
+    if isinstance(size[0], int) and isinstance(size[1], int):
+        out = tf.ensure_shape(out, [None, size[0], size[1], images.shape[-1]])
+    return out
 
 
 def model_input(images, image_size, channels):
     """Any-size uint8 (or float in [0, 1]) images [B, h, w, 1|3] -> float32
-    [B, H, W, channels] on the 1/255 grid: what the networks see, everywhere."""
+    [B, H, W, channels] on the 1/255 grid: what the networks see, everywhere.
+
+    The resize runs on grey levels 0..255, where the area weights of power-of-two factors
+    and every partial sum are exact in float32, so a mean that ends in .5 (frequent at 2x)
+    is exactly .5 whatever order a kernel sums in and rounds the same way in eager code
+    (the training cache) and in an exported graph.
+    """
     images = tf.convert_to_tensor(images)
     images = to_channels(images, channels)
     if images.dtype == tf.uint8:
-        images = tf.cast(images, tf.float32) / 255.0
+        levels = tf.cast(images, tf.float32)
     else:
-        images = tf.cast(images, tf.float32)
-    return quantize(resize(images, tuple(int(s) for s in image_size)))
+        levels = tf.cast(images, tf.float32) * 255.0
+    levels = resize(levels, tuple(s if tf.is_tensor(s) else int(s) for s in image_size))
+    return to_unit(tf.round(tf.clip_by_value(levels, 0.0, 255.0)))
 
 
 def model_input_uint8(images, image_size, channels):
     """`model_input` as uint8 [B, H, W, channels] (what the training cache stores)."""
-    return tf.cast(tf.round(model_input(images, image_size, channels) * 255.0), tf.uint8)
+    levels = tf.round(model_input(images, image_size, channels) * 255.0)
+    return tf.cast(levels, tf.uint8)
 
 
 def model_mask(mask, size):
@@ -120,9 +145,8 @@ def model_mask(mask, size):
         mask = mask[..., 0]
     inside = tf.cast(tf.cast(mask, tf.float32) > 0, tf.float32)
     shape = tf.shape(inside)
-    height, width = size
-    rows = _nearest_index(shape[1], height)
-    cols = _nearest_index(shape[2], width)
+    rows = _nearest_index(shape[1], size[0])
+    cols = _nearest_index(shape[2], size[1])
     return tf.gather(tf.gather(inside, rows, axis=1), cols, axis=2)
 
 

@@ -28,7 +28,7 @@ import math
 
 import tensorflow as tf
 
-from grdnet_tf.data import perlin
+from grdnet_tf.data import perlin, preprocess
 
 # Sources of the texture N.
 COLOUR, SELF, PERLIN, EXTERNAL = 0, 1, 2, 3
@@ -80,7 +80,7 @@ class SynthesisParams:
 
 def to_float(image_uint8):
     """uint8 -> float32 in [0, 1]."""
-    return tf.cast(image_uint8, tf.float32) / 255.0
+    return preprocess.to_unit(image_uint8)
 
 
 def _coin(seed, tag, prob=0.5):

@@ -18,6 +18,16 @@ All functions are TensorFlow ops on dynamic shapes (they run inside a SavedModel
 import tensorflow as tf
 
 
+def patch_mode(config):
+    """True when the networks see patches at a working scale (data.patch_scale > 0)."""
+    return float(config.data.patch_scale) > 0
+
+
+def patch_stride(config):
+    """The grid stride of patch training and tiled inference (default: half a patch)."""
+    return int(config.data.patch_stride) or max(1, min(config.data.image_size) // 2)
+
+
 def working_size(height, width, scale, patch_size):
     """(height, width) int32 of the working-scale image (see module docstring)."""
     h = tf.cast(height, tf.float64)
@@ -47,8 +57,9 @@ def grid(height, width, patch_size, stride):
 
 def crop(image, offset, patch_size):
     """The [H, W, C] patch of `image` [h', w', C] at `offset` (y, x)."""
-    return tf.slice(image, tf.stack([offset[0], offset[1], 0]),
-                    tf.stack([int(patch_size[0]), int(patch_size[1]), tf.shape(image)[2]]))
+    patch = tf.slice(image, tf.stack([offset[0], offset[1], 0]),
+                     tf.stack([int(patch_size[0]), int(patch_size[1]), tf.shape(image)[2]]))
+    return tf.ensure_shape(patch, [int(patch_size[0]), int(patch_size[1]), image.shape[-1]])
 
 
 def _pixel_indices(offsets, patch_size):
@@ -67,10 +78,12 @@ def extract(image, offsets, patch_size):
 
 
 def stitch(maps, offsets, size):
-    """Averages patch maps [K, H, W] placed at `offsets` [K, 2] into one map of `size`."""
+    """Averages patch maps [K, H, W, ...] placed at `offsets` [K, 2] into one map
+    [size[0], size[1], ...] (pixels no patch covers are 0)."""
     patch_size = (maps.shape[1], maps.shape[2])
     indices = _pixel_indices(offsets, patch_size)
     shape = tf.stack([tf.cast(size[0], tf.int32), tf.cast(size[1], tf.int32)])
-    total = tf.scatter_nd(indices, maps, shape)  # duplicates add up
-    count = tf.scatter_nd(indices, tf.ones_like(maps), shape)
+    total = tf.scatter_nd(indices, maps, tf.concat([shape, tf.shape(maps)[3:]], 0))
+    count = tf.scatter_nd(indices, tf.ones(tf.shape(maps)[:3], maps.dtype), shape)  # adds up
+    count = tf.reshape(count, tf.concat([shape, tf.ones_like(tf.shape(maps)[3:])], 0))
     return total / tf.maximum(count, 1.0)

@@ -42,12 +42,16 @@ def write_report(path, metrics, model_dir, data_dir, checkpoint):
     lines = [
         "# GRD-Net evaluation", "",
         f"- run: `{model_dir}` (checkpoint `{checkpoint}`)",
-        f"- data: `{data_dir}`", f"- threshold: {_fmt(metrics.get('threshold'))}", "",
+        f"- data: `{data_dir}`", f"- threshold: {_fmt(metrics.get('threshold'))}",
+        f"- smoothing window: {metrics.get('smoothing_kernel')} (image score = max of the "
+        f"smoothed map); pixel metrics on the raw segmentator map, `_smoothed` on the "
+        f"smoothed map", "",
         "| metric | value |", "|---|---|",
     ]
-    for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max",
-                "pixel_auroc_roi", "aupro_roi", "false_alarm_rate", "tpr", "precision",
-                "accuracy"):
+    for key in ("image_auroc", "pixel_auroc", "aupro", "pixel_auroc_smoothed",
+                "aupro_smoothed", "image_f1_max", "pixel_f1_max", "pixel_auroc_roi",
+                "aupro_roi", "pixel_auroc_roi_smoothed", "false_alarm_rate", "tpr",
+                "precision", "accuracy"):
         if key in metrics:
             lines.append(f"| {key} | {_fmt(metrics[key])} |")
     lines += ["", "| test folder | images | image AUROC vs good | flagged at threshold |",

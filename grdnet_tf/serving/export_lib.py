@@ -101,7 +101,13 @@ def decode_images(image_bytes):
             (index, tf.strings.length(data)))
         with tf.control_dependencies([tf.debugging.Assert(known, [message])]):
             data = tf.identity(data)
-        image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+        image = tf.cond(
+            tf.equal(tf.strings.substr(data, 0, 3), IMAGE_MAGIC[1]),
+            # OpenCV's (libjpeg's) accurate integer IDCT, as grdnet-predict and the training
+            # cache decode; TF's default fast IDCT differs by up to 10 levels.
+            lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+            lambda: tf.io.decode_image(data, channels=3, dtype=tf.uint8,
+                                       expand_animations=False))
         # int64 cast: a raw Shape output inside map_fn trips a TF type-inference warning.
         return tf.reshape(image, [-1]), tf.cast(tf.shape(image), tf.int64)
 
@@ -121,23 +127,20 @@ def decode_images(image_bytes):
     return tf.ensure_shape(images, [None, None, None, 3])
 
 
-def serving_functions(model, image_size, channels, kernel_size, threshold):
+def serving_functions(model, params, threshold):
     """The three signature functions of the export, as tf.functions with None dimensions.
 
     Args:
         model: a restored GRDNet (only its inference `call` is traced).
-        image_size: (H, W) of the model; channels: the model's channels (1 or 3).
-        kernel_size: scoring smoothing window; threshold: float, score > threshold is
-            anomalous.
+        params: `scoring.ScoringParams` (model size, channels, window, patch mode).
+        threshold: float, score > threshold is anomalous.
 
     Returns {signature name: tf.function}, serving_default first.
     """
-    image_size = tuple(int(s) for s in image_size)
     threshold = float(threshold)
 
     def outputs(images, roi=None):
-        out = scoring.score_images(model, images, image_size, channels, kernel_size,
-                                   threshold, roi=roi)
+        out = scoring.score_images(model, images, params, threshold, roi=roi)
         return {keys.ANOMALY_SCORE: out[keys.ANOMALY_SCORE],
                 keys.ANOMALY_MAP: out[keys.ANOMALY_MAP],
                 keys.IS_ANOMALOUS: out[keys.IS_ANOMALOUS],
@@ -229,7 +232,7 @@ def _check_version(export_dir, version, overwrite):
     return version
 
 
-def _metadata(loaded, threshold, threshold_source, version, model_dir):
+def _metadata(loaded, params, threshold, threshold_source, version, model_dir):
     config = loaded.config
     return {
         "format": "grdnet_tf.savedmodel/1",
@@ -240,7 +243,9 @@ def _metadata(loaded, threshold, threshold_source, version, model_dir):
         "calibration": loaded.calibration,
         "image_size": list(config.data.image_size),
         "channels": int(config.data.channels),
-        "smoothing_kernel": int(config.scoring.smoothing_kernel),
+        "smoothing_kernel": int(params.kernel),
+        "patch_scale": params.patch_scale,
+        "patch_stride": params.patch_stride,
         "heatmap_alpha": HEATMAP_ALPHA,
         "model_dir": model_dir,
         "source_checkpoint": os.path.abspath(loaded.checkpoint_path),
@@ -311,10 +316,9 @@ def export_model(loaded, export_dir, version=None, overwrite=False, threshold=No
     threshold, threshold_source = _resolve_threshold(threshold, loaded.calibration,
                                                      model_dir)
     version = _check_version(export_dir, version, overwrite)
-    config = loaded.config
-    functions = serving_functions(loaded.model, config.data.image_size, config.data.channels,
-                                  config.scoring.smoothing_kernel, threshold)
-    metadata = _metadata(loaded, threshold, threshold_source, version, model_dir)
+    params = scoring.ScoringParams.from_run(loaded.config, loaded.calibration)
+    functions = serving_functions(loaded.model, params, threshold)
+    metadata = _metadata(loaded, params, threshold, threshold_source, version, model_dir)
 
     os.makedirs(export_dir, exist_ok=True)
     final_dir = os.path.join(export_dir, str(version))

@@ -11,7 +11,8 @@
   5. per epoch (`end_epoch`): validation loss (fixed-seed synthetic anomalies on held-out
      normals), reduce-on-plateau over all three optimizers (`update_plateau`), the best
      checkpoint by validation loss, the history entry;
-  6. at the end: the threshold is calibrated on the validation normals with the best weights.
+  6. at the end: with the best weights, the smoothing window and the threshold are calibrated
+     on the validation split (grdnet_tf.calibration).
 
 The loop is a small custom loop around `GRDNet.train_step` rather than `model.fit`, because
 `fit` cannot resume in the middle of an epoch and fails under MultiWorkerMirroredStrategy
@@ -25,13 +26,13 @@ import os
 import shutil
 import time
 
-import numpy as np
 import tensorflow as tf
 import keras
 from absl import logging
 
+from grdnet_tf import calibration as calibration_lib
 from grdnet_tf import config as config_lib
-from grdnet_tf import keys, run_dir, run_scoring, scoring
+from grdnet_tf import keys, run_dir, run_scoring
 from grdnet_tf.data import mvtec, pipeline
 from grdnet_tf.models.grdnet import LOSS_METRICS, build_grdnet
 from grdnet_tf.training import checkpoints as ckpt_lib
@@ -64,8 +65,9 @@ def load_train_data(config, data_dir):
         val_samples = [dataclasses.replace(s, roi_path=None) for s in val_samples]
     size, channels, skip = (tuple(config.data.image_size), config.data.channels,
                             config.data.skip_bad_files)
-    train_cache = pipeline.load_cache(train_samples, size, channels, skip)
-    val_cache = pipeline.load_cache(val_samples, size, channels, skip)
+    scale = float(config.data.patch_scale)
+    train_cache = pipeline.load_cache(train_samples, size, channels, skip, patch_scale=scale)
+    val_cache = pipeline.load_cache(val_samples, size, channels, skip, patch_scale=scale)
     if len(train_cache) < config.train.batch_size:
         raise ValueError(f"{data_dir}: {len(train_cache)} training images, fewer than "
                          f"train.batch_size={config.train.batch_size}")
@@ -169,21 +171,6 @@ def evaluate_test_split(model, config, data_dir, summaries, step):
     return {f"test_{k.split('/')[1]}": v for k, v in values.items()}
 
 
-def calibrate(model, config, val_cache, batch_size=16):
-    """Scores of the clean validation normals and the threshold (config scoring section)."""
-    if len(val_cache) == 0:
-        raise ValueError("cannot calibrate a threshold: the validation split is empty")
-    scores = []
-    for start in range(0, len(val_cache), batch_size):
-        images = tf.cast(val_cache.images[start:start + batch_size], tf.float32) / 255.0
-        out = scoring.score_model_inputs(model, images, config.scoring.smoothing_kernel)
-        scores.extend(out[keys.ANOMALY_SCORE].numpy().tolist())
-    threshold = scoring.calibrate_threshold(scores, config.scoring.threshold_quantile)
-    return {"threshold": threshold, "quantile": config.scoring.threshold_quantile,
-            "num_images": len(scores), "scores": scores,
-            "score_mean": float(np.mean(scores)), "score_max": float(np.max(scores))}
-
-
 def update_plateau(best, wait, scale, val_loss, patience, factor):
     """Reduce-on-plateau after one validation; returns (best, wait, scale, reduced).
 
@@ -280,7 +267,7 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
         raise ValueError(f"train.batch_size={global_batch} must be divisible by the "
                          f"{strategy.num_replicas_in_sync} replicas")
     steps_per_epoch = int(config.train.steps_per_epoch) or max(
-        1, len(data.train_cache) // global_batch)
+        1, pipeline.items_per_epoch(config, data.train_cache) // global_batch)
 
     with strategy.scope():
         model = build_grdnet(config, compile=True,
@@ -377,11 +364,10 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
         best = best_manager.latest_checkpoint
         if best:
             run_dir.inference_checkpoint(model).restore(best).expect_partial()
-        calibration = calibrate(model, config, data.val_cache)
+        calibration = calibration_lib.calibrate(model, config, data.val_cache,
+                                                data.texture_cache, log_fn=log_fn)
         calibration["checkpoint"] = best
         run_dir.write_json(os.path.join(model_dir, run_dir.CALIBRATION_JSON), calibration)
-        log_fn(f"threshold {calibration['threshold']:.4f} = quantile "
-               f"{calibration['quantile']} of {calibration['num_images']} validation normals")
     elif chief:
         logging.warning("no validation images: no threshold calibrated; pass --threshold to "
                         "grdnet-eval/grdnet-export")
@@ -390,5 +376,6 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
     return {"model_dir": model_dir, "epochs": int(state.epoch), "steps": int(state.step),
             "resumed_from": resumed_from, "best_val_loss": float(state.best_val_loss),
             "threshold": None if calibration is None else calibration["threshold"],
+            "calibration": calibration,
             "last_train_logs": last_logs, "checkpoint": manager.latest_checkpoint,
             "logs_dir": os.path.join(model_dir, run_dir.LOGS_DIR), "model": model}

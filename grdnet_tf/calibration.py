@@ -1,0 +1,196 @@
+"""Per-model scoring calibration on data the model may see: the smoothing window and the
+image threshold (docs/method.md §5).
+
+The test split is never read here. The calibration set is built from the validation split
+(in patch mode from its grid patches at stride = patch size, so that the window is chosen at
+the scale the model sees; the threshold still comes from whole tiled validation images):
+
+* **normals**: the clean validation images X (label 0);
+* **synthetic anomalies**: each validation image drawn `repeats` times through the training
+  synthesis with a fixed calibration seed (no rotation or flips). A draw whose anomaly
+  touches the ROI (M * ROI nonzero) is an anomaly (label 1); a draw whose anomaly lies
+  entirely outside the ROI is a normal (label 0: the segmentator is trained to ignore it);
+  a draw without an anomaly repeats a clean image and is left out.
+
+`select_kernel` scores the set once per candidate window (the raw maps are computed once;
+only the pooling differs) and keeps the window with the best image AUROC; ties go to the
+window closest to the paper's 21 at 256 px. The threshold is then a quantile of the clean
+normals' scores with that window. Everything chosen is written to ``calibration.json``
+and used by evaluation, prediction and every export.
+"""
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+from sklearn import metrics as skm
+
+from grdnet_tf import config as config_lib
+from grdnet_tf import keys, scoring
+from grdnet_tf.data import pipeline, preprocess, tiling
+
+CALIBRATION_STREAM = 3  # a seed stream of its own (train 0, validation 1, shuffle 2)
+MIN_NORMALS_WARNING = 20
+
+
+@dataclasses.dataclass
+class CalibrationSet:
+    """Raw anomaly maps of the calibration set.
+
+    Args:
+        clean_maps: float32 [N, H, W] of the clean validation images.
+        synthetic_maps: float32 [M, H, W] of the synthetic draws kept.
+        synthetic_labels: int [M], 1 = anomaly inside the ROI, 0 = outside only.
+    """
+    clean_maps: np.ndarray
+    synthetic_maps: np.ndarray
+    synthetic_labels: np.ndarray
+
+    @property
+    def maps(self):
+        return np.concatenate([self.clean_maps, self.synthetic_maps])
+
+    @property
+    def labels(self):
+        return np.concatenate([np.zeros(len(self.clean_maps), np.int64),
+                               self.synthetic_labels])
+
+
+def raw_maps(model, images, batch_size=16):
+    """Raw segmentator maps [N, H, W] of model-size float images [N, H, W, C]."""
+    maps = []
+    for start in range(0, len(images), batch_size):
+        out = model(tf.convert_to_tensor(images[start:start + batch_size]), training=False)
+        maps.append(out[keys.RAW_ANOMALY_MAP].numpy())
+    return np.concatenate(maps) if maps else np.zeros((0,), np.float32)
+
+
+def calibration_set(model, config, val_cache, texture_cache=None, repeats=4, batch_size=16):
+    """Builds the `CalibrationSet` of `val_cache` (clean images and synthetic draws)."""
+    clean = raw_maps(model, preprocess.to_unit(val_cache.images), batch_size)
+    fn = pipeline.synthesis_fn(config, val_cache, texture_cache, augment=False,
+                               stream=CALIBRATION_STREAM)
+    n = len(val_cache)
+    ds = tf.data.Dataset.range(n * repeats).map(
+        tf.autograph.experimental.do_not_convert(lambda i: fn(i, i % n)),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
+    maps, labels = [], []
+    for batch in ds:
+        mask = batch[keys.MASK].numpy()
+        inside = (mask * batch[keys.ROI].numpy()).reshape(len(mask), -1).max(axis=1) > 0
+        has_anomaly = mask.reshape(len(mask), -1).max(axis=1) > 0
+        if not has_anomaly.any():
+            continue
+        out = model(batch[keys.PERTURBED], training=False)[keys.RAW_ANOMALY_MAP].numpy()
+        maps.append(out[has_anomaly])
+        labels.append(inside[has_anomaly].astype(np.int64))
+    height, width = config.data.image_size
+    return CalibrationSet(
+        clean_maps=clean,
+        synthetic_maps=np.concatenate(maps) if maps else np.zeros((0, height, width),
+                                                                  np.float32),
+        synthetic_labels=np.concatenate(labels) if labels else np.zeros((0,), np.int64))
+
+
+def image_scores(maps, kernel, batch_size=64):
+    """Image scores [N] of raw maps (an [N, H, W] array, or a list of [h, w] maps of any
+    sizes) with a smoothing window."""
+    if not isinstance(maps, np.ndarray):
+        return np.asarray([float(scoring.image_score(scoring.smooth(
+            tf.constant(m[None]), kernel))[0]) for m in maps], np.float32)
+    scores = []
+    for start in range(0, len(maps), batch_size):
+        smoothed = scoring.smooth(tf.constant(maps[start:start + batch_size]), kernel)
+        scores.append(scoring.image_score(smoothed).numpy())
+    return np.concatenate(scores) if scores else np.zeros((0,), np.float32)
+
+
+def normal_maps(model, config, val_cache):
+    """Raw maps of the clean validation images as they are scored at inference: an
+    [N, H, W] array, or in patch mode a list of stitched working-size maps."""
+    if not tiling.patch_mode(config):
+        return raw_maps(model, preprocess.to_unit(val_cache.images))
+    params = scoring.ScoringParams.from_run(config)
+    maps = []
+    for image, (h, w) in zip(val_cache.images, val_cache.sizes):
+        working = preprocess.to_unit(image[:h, :w])
+        maps.append(scoring.score_working_image(model, working, params)[
+            keys.RAW_ANOMALY_MAP].numpy())
+    return maps
+
+
+def select_kernel(cal_set, candidates, reference):
+    """The candidate window with the best image AUROC on `cal_set`.
+
+    Returns (kernel, {kernel: auroc or None}). Without both classes every AUROC is None
+    and `reference` is returned. Ties go to the candidate closest to `reference`.
+    """
+    labels = cal_set.labels
+    aurocs = {}
+    for kernel in candidates:
+        if labels.min(initial=1) == labels.max(initial=0):
+            aurocs[kernel] = None
+            continue
+        aurocs[kernel] = float(skm.roc_auc_score(labels, image_scores(cal_set.maps, kernel)))
+    scored = [k for k, v in aurocs.items() if v is not None]
+    if not scored:
+        return reference, aurocs
+    best = max(aurocs[k] for k in scored)
+    winners = [k for k in scored if aurocs[k] >= best - 1e-12]
+    return min(winners, key=lambda k: (abs(k - reference), k)), aurocs
+
+
+def calibrate(model, config, val_cache, texture_cache=None, log_fn=None):
+    """Chooses the smoothing window (per `scoring.smoothing_kernel`) and the threshold.
+
+    Returns the ``calibration.json`` payload: threshold, quantile, smoothing_kernel and how
+    it was chosen, the candidates' validation AUROCs, the number of normals and synthetic
+    anomalies, and the clean normals' scores.
+    """
+    if len(val_cache) == 0:
+        raise ValueError("cannot calibrate a threshold: the validation split is empty")
+    image_size = tuple(config.data.image_size)
+    reference = scoring.paper_kernel(image_size)
+    explicit = int(config.scoring.smoothing_kernel)
+    aurocs, cal_set = {}, None
+    if explicit:
+        kernel, source = explicit, "config"
+    elif config.scoring.smoothing_auto == "image_size":
+        kernel, source = reference, "image_size"
+    else:
+        if tiling.patch_mode(config):  # choose on patches, at the scale the model sees
+            patches = pipeline.patch_cache(val_cache, image_size, min(image_size))
+            cal_set = calibration_set(
+                model, config_lib.with_overrides(config, {"data.patch_scale": 0.0,
+                                                          "data.patch_stride": 0}),
+                patches, texture_cache, repeats=int(config.scoring.calibration_repeats))
+        else:
+            cal_set = calibration_set(model, config, val_cache, texture_cache,
+                                      repeats=int(config.scoring.calibration_repeats))
+        candidates = scoring.candidate_kernels(image_size, config.scoring.smoothing_candidates)
+        kernel, aurocs = select_kernel(cal_set, candidates, reference)
+        source = "validation" if any(v is not None for v in aurocs.values()) else "image_size"
+    if cal_set is not None and not tiling.patch_mode(config):
+        clean_maps = cal_set.clean_maps
+    else:
+        clean_maps = normal_maps(model, config, val_cache)
+    scores = image_scores(clean_maps, kernel).tolist()
+    quantile = float(config.scoring.threshold_quantile)
+    threshold = scoring.calibrate_threshold(scores, quantile)
+    result = {
+        "threshold": threshold, "quantile": quantile, "num_images": len(scores),
+        "scores": scores, "score_mean": float(np.mean(scores)),
+        "score_max": float(np.max(scores)),
+        "smoothing_kernel": int(kernel), "smoothing_source": source,
+        "smoothing_candidates": {str(k): v for k, v in aurocs.items()},
+    }
+    if cal_set is not None:
+        result["num_synthetic_anomalies"] = int(cal_set.synthetic_labels.sum())
+        result["num_synthetic_outside_roi"] = int((cal_set.synthetic_labels == 0).sum())
+    if log_fn:
+        chosen = (f"smoothing window {kernel} ({source}"
+                  + (", validation image AUROC " + ", ".join(
+                      f"{k}: {'n/a' if v is None else f'{v:.3f}'}" for k, v in aurocs.items())
+                     if aurocs else "") + ")")
+        log_fn(f"calibration: {chosen}; threshold {threshold:.4f} = quantile {quantile} of "
+               f"{len(scores)} validation normals")
+    return result
