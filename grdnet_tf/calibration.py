@@ -19,9 +19,11 @@ normals' scores with that window. Everything chosen is written to ``calibration.
 and used by evaluation, prediction and every export.
 """
 import dataclasses
+import math
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 from sklearn import metrics as skm
 
 from grdnet_tf import config as config_lib
@@ -29,7 +31,20 @@ from grdnet_tf import keys, scoring
 from grdnet_tf.data import pipeline, preprocess, tiling
 
 CALIBRATION_STREAM = 3  # a seed stream of its own (train 0, validation 1, shuffle 2)
-MIN_NORMALS_WARNING = 20
+
+
+def threshold_support_warning(num_normals, quantile):
+    """A warning (or None) when `num_normals` are too few for the `quantile` to mean what
+    it says: below 1 / (1 - quantile) normals the quantile is (nearly) the maximum of the
+    scores (0.99 of 12 normals is the largest of 12 numbers)."""
+    needed = int(math.ceil(1.0 / max(1.0 - quantile, 1e-12) - 1e-9))
+    if num_normals >= needed:
+        return None
+    return (f"the threshold is the {quantile} quantile of only {num_normals} validation "
+            f"normals, i.e. (nearly) their maximum: at least {needed} are needed for that "
+            f"quantile to estimate a false-alarm rate of {1 - quantile:.2g}; add validation "
+            f"images (validation/good or data.val_fraction) or lower "
+            f"scoring.threshold_quantile")
 
 
 @dataclasses.dataclass
@@ -183,6 +198,10 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None):
         "smoothing_kernel": int(kernel), "smoothing_source": source,
         "smoothing_candidates": {str(k): v for k, v in aurocs.items()},
     }
+    warning = threshold_support_warning(len(scores), quantile)
+    if warning:
+        result["warning"] = warning
+        logging.warning("calibration: %s", warning)
     if cal_set is not None:
         result["num_synthetic_anomalies"] = int(cal_set.synthetic_labels.sum())
         result["num_synthetic_outside_roi"] = int((cal_set.synthetic_labels == 0).sum())

@@ -245,3 +245,21 @@ def _write(root, image):
     path = os.path.join(str(root), "img.png")
     cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     return path
+
+
+def test_too_few_validation_normals_for_the_quantile_warn():
+    assert calibration.threshold_support_warning(100, 0.99) is None
+    warning = calibration.threshold_support_warning(12, 0.99)
+    assert "only 12 validation normals" in warning and "at least 100" in warning
+    assert calibration.threshold_support_warning(12, 0.9) is None
+    assert "at least 20" in calibration.threshold_support_warning(19, 0.95)
+
+
+def test_the_report_says_what_the_threshold_rests_on(tiny_run, demo_category, tmp_path):
+    from grdnet_tf.evaluation import eval_lib
+    cal = run_dir.read_calibration(tiny_run)
+    result = eval_lib.evaluate(tiny_run, demo_category, str(tmp_path))
+    report = open(os.path.join(str(tmp_path), "report.md")).read()
+    assert (f"(quantile {cal['quantile']} of {cal['num_images']} validation normals)"
+            in report)
+    assert cal["warning"] in result["notes"] and cal["warning"] in report

@@ -42,7 +42,10 @@ def write_report(path, metrics, model_dir, data_dir, checkpoint):
     lines = [
         "# GRD-Net evaluation", "",
         f"- run: `{model_dir}` (checkpoint `{checkpoint}`)",
-        f"- data: `{data_dir}`", f"- threshold: {_fmt(metrics.get('threshold'))}",
+        f"- data: `{data_dir}`", f"- threshold: {_fmt(metrics.get('threshold'))}"
+        + (f" (quantile {metrics['threshold_quantile']} of {metrics['threshold_normals']} "
+           f"validation normals)" if metrics.get("threshold_normals") else
+           f" ({metrics.get('threshold_source', 'given')})"),
         f"- smoothing window: {metrics.get('smoothing_kernel')} (image score = max of the "
         f"smoothed map); pixel metrics on the raw segmentator map, `_smoothed` on the "
         f"smoothed map", "",
@@ -83,6 +86,11 @@ def evaluate(model_dir, data_dir, output_dir, checkpoint="best", threshold=None,
     defects = [s.defect for s in samples]
     result.update(checkpoint=run.checkpoint_path, model_dir=model_dir,
                   threshold_source="flag" if threshold is not None else "calibration")
+    if threshold is None and run.calibration:
+        result.update(threshold_normals=run.calibration.get("num_images"),
+                      threshold_quantile=run.calibration.get("quantile"))
+        if run.calibration.get("warning"):
+            result["notes"].append(run.calibration["warning"])
 
     os.makedirs(output_dir, exist_ok=True)
     run_dir.write_json(os.path.join(output_dir, "metrics.json"), result)
