@@ -88,7 +88,6 @@ def iter_scored(scorer, items, batch_size=8, skip_bad_files=False):
 
     Memory stays bounded by the batch: nothing is kept after it is yielded.
     """
-    full_roi = tf.ones(scorer.image_size, tf.float32)
     batch = []
 
     def flush():
@@ -114,7 +113,7 @@ def iter_scored(scorer, items, batch_size=8, skip_bad_files=False):
         inputs = scorer.model_inputs(native)
         size = tuple(inputs.shape[:2])
         roi = (preprocess.model_mask(io.read_mask(roi_path)[None], size)[0] if roi_path
-               else (full_roi if not scorer.patches else tf.ones(size, tf.float32)))
+               else tf.ones(size, tf.float32))
         if scorer.patches:  # one working-size image at a time
             out = scorer.score_working(inputs, roi)
             yield _scored(item, native, out[keys.ANOMALY_MAP], out[keys.RAW_ANOMALY_MAP],

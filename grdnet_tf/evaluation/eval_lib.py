@@ -8,17 +8,18 @@ import glob
 import os
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from grdnet_tf import run_dir, run_scoring
-from grdnet_tf.data import io
+from grdnet_tf.data import io, preprocess
 from grdnet_tf.evaluation import plots
 
 
 def native_map(anomaly_map, shape):
-    """Model-resolution map -> the native (h, w), bilinear (as the SavedModel does)."""
-    resized = tf.image.resize(anomaly_map[None, ..., None], shape[:2], method="bilinear")
+    """Model-resolution map -> the native (h, w) with `preprocess.resize`, as
+    `scoring.score_images` (the SavedModel) resizes its output map."""
+    resized = preprocess.resize(np.asarray(anomaly_map, np.float32)[None, ..., None],
+                                tuple(int(s) for s in shape[:2]))
     return np.clip(resized[0, ..., 0].numpy(), 0.0, 1.0)
 
 
