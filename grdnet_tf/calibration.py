@@ -1,13 +1,14 @@
 """Per-model scoring calibration on data the model may see: the smoothing window and the
 image threshold (docs/method.md §5).
 
-The test split is never read here. The calibration set is built from the validation split
-(in patch mode from its grid patches at stride = patch size, so that the window is chosen at
-the scale the model sees; the threshold still comes from whole tiled validation images):
+The test split is never read here. The calibration set is `pipeline.validation_dataset`
+with its own seed stream and `repeats` passes (in patch mode its items are the grid patches
+at stride = patch size, so that the window is chosen at the scale the model sees; the
+threshold still comes from whole tiled validation images):
 
-* **normals**: the clean validation images X (label 0);
+* **normals**: the clean validation images X of the first pass (label 0);
 * **synthetic anomalies**: each validation image drawn `repeats` times through the training
-  synthesis with a fixed calibration seed (no rotation or flips). A draw whose anomaly
+  synthesis (no rotation or flips). A draw whose anomaly
   touches the ROI (M * ROI nonzero) is an anomaly (label 1); a draw whose anomaly lies
   entirely outside the ROI is a normal (label 0: the segmentator is trained to ignore it);
   a draw without an anomaly repeats a clean image and is left out.
@@ -26,7 +27,6 @@ import tensorflow as tf
 from absl import logging
 from sklearn import metrics as skm
 
-from grdnet_tf import config as config_lib
 from grdnet_tf import keys, scoring
 from grdnet_tf.data import pipeline, preprocess, tiling
 
@@ -52,7 +52,7 @@ class CalibrationSet:
     """Raw anomaly maps of the calibration set.
 
     Args:
-        clean_maps: float32 [N, H, W] of the clean validation images.
+        clean_maps: float32 [N, H, W] of the clean validation images (patch mode: patches).
         synthetic_maps: float32 [M, H, W] of the synthetic draws kept.
         synthetic_labels: int [M], 1 = anomaly inside the ROI, 0 = outside only.
     """
@@ -81,13 +81,12 @@ def raw_maps(model, images, batch_size=16):
 
 def calibration_set(model, config, val_cache, texture_cache=None, repeats=4, batch_size=16):
     """Builds the `CalibrationSet` of `val_cache` (clean images and synthetic draws)."""
-    clean = raw_maps(model, preprocess.to_unit(val_cache.images), batch_size)
-    fn = pipeline.synthesis_fn(config, val_cache, texture_cache, augment=False,
-                               stream=CALIBRATION_STREAM)
-    n = len(val_cache)
-    ds = tf.data.Dataset.range(n * repeats).map(
-        tf.autograph.experimental.do_not_convert(lambda i: fn(i, i % n)),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
+    ds = pipeline.validation_dataset(config, val_cache, batch_size, texture_cache,
+                                     repeats=repeats, stream=CALIBRATION_STREAM)
+    first_pass = pipeline.validation_dataset(config, val_cache, batch_size, texture_cache,
+                                             stream=CALIBRATION_STREAM)
+    clean = np.concatenate([raw_maps(model, batch[keys.IMAGE], batch_size)
+                            for batch in first_pass])
     maps, labels = [], []
     for batch in ds:
         mask = batch[keys.MASK].numpy()
@@ -140,17 +139,13 @@ def select_kernel(cal_set, candidates, reference):
     and `reference` is returned. Ties go to the candidate closest to `reference`.
     """
     labels = cal_set.labels
-    aurocs = {}
-    for kernel in candidates:
-        if labels.min(initial=1) == labels.max(initial=0):
-            aurocs[kernel] = None
-            continue
-        aurocs[kernel] = float(skm.roc_auc_score(labels, image_scores(cal_set.maps, kernel)))
-    scored = [k for k, v in aurocs.items() if v is not None]
-    if not scored:
-        return reference, aurocs
-    best = max(aurocs[k] for k in scored)
-    winners = [k for k in scored if aurocs[k] >= best - 1e-12]
+    if labels.min(initial=1) == labels.max(initial=0):
+        return reference, {kernel: None for kernel in candidates}
+    maps = cal_set.maps
+    aurocs = {kernel: float(skm.roc_auc_score(labels, image_scores(maps, kernel)))
+              for kernel in candidates}
+    best = max(aurocs.values())
+    winners = [k for k, v in aurocs.items() if v >= best - 1e-12]
     return min(winners, key=lambda k: (abs(k - reference), k)), aurocs
 
 
@@ -172,15 +167,8 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None):
     elif config.scoring.smoothing_auto == "image_size":
         kernel, source = reference, "image_size"
     else:
-        if tiling.patch_mode(config):  # choose on patches, at the scale the model sees
-            patches = pipeline.patch_cache(val_cache, image_size, min(image_size))
-            cal_set = calibration_set(
-                model, config_lib.with_overrides(config, {"data.patch_scale": 0.0,
-                                                          "data.patch_stride": 0}),
-                patches, texture_cache, repeats=int(config.scoring.calibration_repeats))
-        else:
-            cal_set = calibration_set(model, config, val_cache, texture_cache,
-                                      repeats=int(config.scoring.calibration_repeats))
+        cal_set = calibration_set(model, config, val_cache, texture_cache,
+                                  repeats=int(config.scoring.calibration_repeats))
         candidates = scoring.candidate_kernels(image_size, config.scoring.smoothing_candidates)
         kernel, aurocs = select_kernel(cal_set, candidates, reference)
         source = "validation" if any(v is not None for v in aurocs.values()) else "image_size"

@@ -193,16 +193,6 @@ def grid_patches(cache, patch_size, stride):
     return np.concatenate(rows).astype(np.int32) if rows else np.zeros((0, 3), np.int32)
 
 
-def patch_cache(cache, patch_size, stride):
-    """An :class:`ImageCache` of the grid patches of `cache` (image and ROI cropped)."""
-    table = grid_patches(cache, patch_size, stride)
-    height, width = patch_size
-    images = np.stack([cache.images[i, y:y + height, x:x + width] for i, y, x in table])
-    rois = np.stack([cache.rois[i, y:y + height, x:x + width] for i, y, x in table])
-    return ImageCache(images=images, rois=rois,
-                      paths=[f"{cache.paths[i]}@{y},{x}" for i, y, x in table])
-
-
 def items_per_epoch(config, cache):
     """Training elements in one epoch: the images, or in patch mode the grid patches."""
     if not tiling.patch_mode(config):
@@ -338,13 +328,16 @@ def train_dataset(config, cache, global_batch_size, start_step=0, texture_cache=
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
-def validation_dataset(config, cache, batch_size, texture_cache=None):
-    """One deterministic pass over the validation images, in cache order.
+def validation_dataset(config, cache, batch_size, texture_cache=None, repeats=1,
+                       stream=VALIDATION_STREAM):
+    """Deterministic passes over the validation images, in cache order.
 
     Fixed-seed anomalies (the same on every call), no rotation or flips, the last batch may
     be smaller (drop_remainder=False); same keys and dtypes as :func:`train_dataset`.
     Self-textures come from the validation images themselves (never from the test split).
     In patch mode the elements are the grid patches of each image at stride = patch size.
+    `repeats` passes follow each other; element e shows item e % (items per pass) with the
+    anomaly of seed (config.seed, `stream`, e), so every pass draws new anomalies.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
@@ -352,17 +345,22 @@ def validation_dataset(config, cache, batch_size, texture_cache=None):
         logging.warning("validation_dataset: no validation images; the dataset is empty")
     if texture_cache is None:
         texture_cache = load_textures(config)
-    fn = synthesis_fn(config, cache, texture_cache, augment=False, stream=VALIDATION_STREAM)
+    fn = synthesis_fn(config, cache, texture_cache, augment=False, stream=stream)
     if tiling.patch_mode(config) and len(cache):
         patch_size = tuple(config.data.image_size)
         table = tf.constant(grid_patches(cache, patch_size, min(patch_size)))
-        ds = tf.data.Dataset.range(int(table.shape[0]))
-        ds = ds.map(tf.autograph.experimental.do_not_convert(
-            lambda i: fn(i, table[i, 0], table[i, 1:])),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        count = int(table.shape[0])
+
+        def element(i):
+            row = table[i % count]
+            return fn(i, row[0], row[1:])
     else:
-        ds = tf.data.Dataset.range(len(cache))
-        ds = ds.map(tf.autograph.experimental.do_not_convert(lambda i: fn(i, i)),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        count = len(cache)
+
+        def element(i):
+            return fn(i, i % count)
+    ds = tf.data.Dataset.range(count * int(repeats))
+    ds = ds.map(tf.autograph.experimental.do_not_convert(element),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(int(batch_size), drop_remainder=False)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
