@@ -33,6 +33,7 @@ setup(
             "grdnet-predict=grdnet_tf.bin.predict:run",
             "grdnet-export=grdnet_tf.bin.export:run",
             "grdnet-demo-data=grdnet_tf.bin.make_demo_data:run",
+            "grdnet-roi=grdnet_tf.bin.roi:run",
         ]
     },
 )

@@ -18,6 +18,10 @@ STRATEGIES = ("auto", "mirrored", "multi_worker", "default")  # train.strategy
 BEST_METRICS = ("segmentator_loss", "total_loss")        # train.best_metric
 PATCH_SAMPLINGS = ("random", "grid")                     # data.patch_sampling
 SMOOTHING_AUTO = ("validation", "image_size")            # scoring.smoothing_auto
+ROI_THRESHOLDS = ("otsu", "triangle")                    # grdnet-roi --threshold
+ROI_FEATURES = ("grey", "border_distance", "local_contrast")  # grdnet-roi --feature
+ROI_POLARITIES = ("auto", "bright", "dark")              # grdnet-roi --polarity
+ROI_SPLITS = ("train", "validation", "test")             # grdnet-roi --splits
 
 
 def check(name, value, allowed):

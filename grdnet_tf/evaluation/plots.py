@@ -61,18 +61,26 @@ def overlay(image, anomaly_map, gt_mask=None, alpha: float = heatmap.ALPHA) -> n
     out = (1.0 - alpha) * img.astype(np.float32) + alpha * heat.astype(np.float32)
     out = np.ascontiguousarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
     if gt_mask is not None:
-        m = np.asarray(gt_mask)
-        if m.ndim == 3 and m.shape[-1] == 1:
-            m = m[..., 0]
-        if m.shape != img.shape[:2]:
-            raise ValueError(f"gt_mask {m.shape} must match image {img.shape[:2]}")
-        binary = (m > 0.5 if m.dtype.kind == "f" else m > 0).astype(np.uint8)
-        contours, _ = cv2.findContours(binary, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(out, contours, -1, GT_CONTOUR_RGB, thickness=1)
+        draw_outline(out, gt_mask, GT_CONTOUR_RGB, "gt_mask")
     return out
 
 
-def _atomic_write(path, data: bytes) -> None:
+def draw_outline(rgb, mask, colour, name="mask") -> None:
+    """Draws the 1-px contours of ``mask`` ([H, W] or [H, W, 1]; nonzero, or > 0.5 for
+    floats, is inside) onto the uint8 [H, W, 3] image ``rgb`` in place, in ``colour``."""
+    m = np.asarray(mask)
+    if m.ndim == 3 and m.shape[-1] == 1:
+        m = m[..., 0]
+    if m.shape != rgb.shape[:2]:
+        raise ValueError(f"{name} {m.shape} must match image {rgb.shape[:2]}")
+    binary = (m > 0.5 if m.dtype.kind == "f" else m > 0).astype(np.uint8)
+    contours, _ = cv2.findContours(binary, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(rgb, contours, -1, colour, thickness=1)
+
+
+def atomic_write(path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` via a temporary file in the same folder and os.replace
+    (creating the folder): a reader never sees a half-written file."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -102,7 +110,7 @@ def save_png(path, rgb) -> None:
     ok, buf = cv2.imencode(".png", img)
     if not ok:
         raise IOError(f"PNG encoding failed for {path}")
-    _atomic_write(path, buf.tobytes())
+    atomic_write(path, buf.tobytes())
 
 
 def _save_figure(fig: Figure, path) -> None:
