@@ -17,7 +17,9 @@ The foreground rule, in this order (radii and sigma in pixels of the native imag
 
 1-3. one or more ``features`` that are high on the object, from the image blurred with a
    Gaussian of ``blur_sigma`` (0: none); foreground = the pixels where any of them exceeds
-   its own ``threshold`` level (Otsu or triangle, per image and per feature):
+   its ``threshold`` level: Otsu or triangle (per image and per feature), or ``fixed`` (the
+   feature value ``level``, for an object that fills most of the image, whose histogram has
+   no second mode):
 
    - ``grey``: the grey value (RGB luma) by ``polarity``: ``bright`` the grey value,
      ``dark`` 255 - grey, ``auto`` is ``bright`` when the median of the blurred image's
@@ -69,7 +71,8 @@ class ForegroundRule:
       features: one or more of "grey", "border_distance", "local_contrast"
         (choices.ROI_FEATURES); their foregrounds are united.
       polarity: "auto", "bright" or "dark" (choices.ROI_POLARITIES); feature "grey" only.
-      threshold: "otsu" or "triangle" (choices.ROI_THRESHOLDS).
+      threshold: "otsu", "triangle" or "fixed" (choices.ROI_THRESHOLDS).
+      level: the feature value of threshold "fixed", in [0, 255).
       blur_sigma: Gaussian sigma of the feature, >= 0 (> 0 for local_contrast).
       open_radius: opening radius, >= 0 (0: none).
       close_radius: closing radius, >= 0 (0: none).
@@ -81,6 +84,7 @@ class ForegroundRule:
     features: tuple = ("grey",)
     polarity: str = "auto"
     threshold: str = "otsu"
+    level: float = 0.0
     blur_sigma: float = 2.0
     open_radius: int = 0
     close_radius: int = 0
@@ -97,6 +101,8 @@ class ForegroundRule:
             choices.check("feature", feature, choices.ROI_FEATURES)
         choices.check("polarity", self.polarity, choices.ROI_POLARITIES)
         choices.check("threshold", self.threshold, choices.ROI_THRESHOLDS)
+        if not 0 <= self.level < 255:
+            raise ValueError(f"level={self.level!r} must lie in [0, 255)")
         if not self.blur_sigma >= 0:
             raise ValueError(f"blur_sigma={self.blur_sigma!r} must be >= 0")
         if "local_contrast" in self.features and not self.blur_sigma > 0:
@@ -117,7 +123,9 @@ def _blur(array, sigma):
     return cv2.GaussianBlur(array, (0, 0), sigma) if sigma > 0 else array
 
 
-def _level(feature, method):
+def _level(feature, method, level=0.0):
+    if method == "fixed":
+        return level
     flag = cv2.THRESH_OTSU if method == "otsu" else cv2.THRESH_TRIANGLE
     level, _ = cv2.threshold(feature, 0, 255, cv2.THRESH_BINARY | flag)
     return level
@@ -188,7 +196,7 @@ def foreground_roi(image, rule: ForegroundRule):
     mask = np.zeros(image.shape[:2], np.uint8)
     for name in rule.features:
         feature = foreground_feature(image, name, rule.polarity, rule.blur_sigma)
-        mask |= (feature > _level(feature, rule.threshold)).astype(np.uint8)
+        mask |= (feature > _level(feature, rule.threshold, rule.level)).astype(np.uint8)
     if rule.open_radius:
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disk(rule.open_radius))
     if rule.close_radius:

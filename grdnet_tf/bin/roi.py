@@ -4,7 +4,7 @@ docs/roi.md.
 
     grdnet-roi --data_dir=CATEGORY [--output_dir=ROOT] [--splits=train,validation,test]
                [--feature=grey|border_distance|local_contrast[,...]]
-               [--polarity=auto|bright|dark] [--threshold=otsu|triangle]
+               [--polarity=auto|bright|dark] [--threshold=otsu|triangle|fixed [--level=L]]
                [--blur_sigma=2] [--open_radius=0] [--close_radius=0] [--keep=1]
                [--[no]fill_holes] [--convex_hull] [--margin=0] [--overwrite] [--preview_count=24]
     grdnet-roi --data_dir=CATEGORY --template=MASK.png [--output_dir=ROOT] ...
@@ -27,7 +27,9 @@ _SPLITS = flags.DEFINE_list("splits", "train,validation",
 _TEMPLATE = flags.DEFINE_string("template", None, "One mask file (white = ROI) used for "
                                 "every image, resized (nearest); excludes the rule flags.")
 _THRESHOLD = flags.DEFINE_enum("threshold", "otsu", choices.ROI_THRESHOLDS,
-                               "Threshold of the foreground feature.")
+                               "Threshold of each feature: per image (otsu, triangle) or "
+                               "fixed (--level).")
+_LEVEL = flags.DEFINE_float("level", 0.0, "Feature value of --threshold=fixed, in [0, 255).")
 _FEATURE = flags.DEFINE_list("feature", "grey",
                              "What is thresholded, one or more (foregrounds united) of: grey "
                              "(by --polarity), border_distance (colour distance from the "
@@ -52,8 +54,8 @@ _PREVIEW_DIR = flags.DEFINE_string("preview_dir", "", "Folder of the preview she
                                    "roi.json; default: <output root>/roi_preview.")
 _PREVIEW_COUNT = flags.DEFINE_integer("preview_count", 24, "Images per preview sheet.")
 
-_RULE_FLAGS = (_FEATURE, _POLARITY, _THRESHOLD, _BLUR_SIGMA, _OPEN_RADIUS, _CLOSE_RADIUS, _KEEP,
-               _FILL_HOLES, _CONVEX_HULL, _MARGIN)
+_RULE_FLAGS = (_FEATURE, _POLARITY, _THRESHOLD, _LEVEL, _BLUR_SIGMA, _OPEN_RADIUS,
+               _CLOSE_RADIUS, _KEEP, _FILL_HOLES, _CONVEX_HULL, _MARGIN)
 
 
 def main(argv):
@@ -66,7 +68,8 @@ def main(argv):
             common.fail(f"--template excludes the rule flags {', '.join(rule_flags)}")
     else:
         rule = roi.ForegroundRule(
-            features=tuple(_FEATURE.value), polarity=_POLARITY.value, threshold=_THRESHOLD.value,
+            features=tuple(_FEATURE.value), polarity=_POLARITY.value,
+            threshold=_THRESHOLD.value, level=_LEVEL.value,
             blur_sigma=_BLUR_SIGMA.value, open_radius=_OPEN_RADIUS.value,
             close_radius=_CLOSE_RADIUS.value, keep=_KEEP.value,
             fill_holes=_FILL_HOLES.value, convex_hull=_CONVEX_HULL.value,
