@@ -222,10 +222,13 @@ def with_overrides(config, overrides) -> ml_collections.FrozenConfigDict:
         for part in parents:
             node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
         if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-            raise ValueError(f"config override {key}: no such config key")
+            raise ValueError(f"config override {key}: no such config key"
+                             + _did_you_mean(config, key))
         current = node[leaf]
         if isinstance(value, str) and not isinstance(current, str):
-            if isinstance(current, bool):
+            if isinstance(current, tuple):
+                value = _parse_tuple(key, value, current)
+            elif isinstance(current, bool):
                 if value.lower() not in ("true", "false", "1", "0"):
                     raise ValueError(f"config override {key}={value!r}: expected true or false")
                 value = value.lower() in ("true", "1")
@@ -240,6 +243,37 @@ def with_overrides(config, overrides) -> ml_collections.FrozenConfigDict:
                                  f"from text")
         node[leaf] = value
     return freeze(config)
+
+
+def _leaf_keys(config, prefix=""):
+    for key, value in config.items():
+        if isinstance(value, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
+            yield from _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def _did_you_mean(config, key):
+    import difflib
+    close = difflib.get_close_matches(key, list(_leaf_keys(config)), n=1, cutoff=0.75)
+    return (f" (did you mean {close[0]}?)" if close else "") + \
+        "; every key is documented in grdnet_tf/config.py"
+
+
+def _parse_tuple(key, text, current):
+    """'(64, 64)' or '64,64' -> a tuple of the element type of `current`."""
+    import ast
+    try:
+        value = ast.literal_eval(text if text.strip().startswith("(") else f"({text},)")
+    except (ValueError, SyntaxError):
+        value = None
+    if not isinstance(value, (tuple, list)):
+        raise ValueError(f"config override {key}={text!r}: expected a tuple like "
+                         f"{tuple(current)!r}")
+    kind = type(current[0]) if current else None
+    if kind in (int, float) and not all(isinstance(v, (int, float)) for v in value):
+        raise ValueError(f"config override {key}={text!r}: expected numbers")
+    return tuple(kind(v) for v in value) if kind in (int, float) else tuple(value)
 
 
 def parse_overrides(items) -> dict:
@@ -355,13 +389,68 @@ def from_dict(values) -> ml_collections.FrozenConfigDict:
     return freeze(config)
 
 
-def load_config_file(path) -> ml_collections.FrozenConfigDict:
-    """`get_config()` of a config file (configs/NAME.py), validated and frozen."""
+def _package_configs_dir():
+    """The folder of the named configs: the installed grdnet_tf.configs package, or in a
+    checkout the top-level configs/ folder it is built from (setup.py package_dir)."""
     import importlib.util
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        spec = importlib.util.find_spec("grdnet_tf.configs")
+    except ImportError:
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0]
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "configs")
+
+
+def config_names() -> list[str]:
+    """Names of the shipped configs (``--config=NAME``), e.g. ['cpu_small', 'demo', ...]."""
+    folder = _package_configs_dir()
+    if not os.path.isdir(folder):
+        return []
+    return sorted(n[:-3] for n in os.listdir(folder)
+                  if n.endswith(".py") and not n.startswith("_"))
+
+
+def resolve_config_path(name_or_path) -> str:
+    """A config file path from ``--config``: a shipped config's name (``cpu_small``, also
+    ``configs/cpu_small.py`` from any folder) or the path of a file with ``get_config()``.
+
+    An existing file wins over a name. Raises FileNotFoundError naming what was looked for.
+    """
+    if not name_or_path:
+        raise ValueError("no config given: --config=NAME (" + ", ".join(config_names())
+                         + ") or --config=path/to/config.py")
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    stem = os.path.splitext(os.path.basename(name_or_path))[0]
+    shipped = os.path.join(_package_configs_dir(), f"{stem}.py")
+    looks_named = (os.sep not in name_or_path.rstrip(os.sep)
+                   or os.path.dirname(os.path.normpath(name_or_path)) == "configs")
+    if looks_named and stem in config_names():
+        return shipped
+    raise FileNotFoundError(f"config file not found: {name_or_path} (a file with "
+                            f"get_config(), or one of the named configs: "
+                            f"{', '.join(config_names())})")
+
+
+def load_config_file(path, overrides=None) -> ml_collections.FrozenConfigDict:
+    """`get_config()` of a config file or named config (`resolve_config_path`), with
+    dotted-key `overrides` ({"train.epochs": "5"}, see `with_overrides`), validated and
+    frozen.
+
+    Raises FileNotFoundError (no such file or name) or ValueError (the file fails to run or
+    has no get_config(), an unknown key, a bad value), each naming the file or key.
+    """
+    import importlib.util
+    path = resolve_config_path(path)
     spec = importlib.util.spec_from_file_location(
         f"grdnet_config_{os.path.splitext(os.path.basename(path))[0]}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return freeze(module.get_config())
+    try:
+        spec.loader.exec_module(module)
+        get_config = module.get_config
+    except Exception as e:  # a user's file: report it on one line, whatever it raised
+        raise ValueError(f"config file {path} failed to load: {type(e).__name__}: "
+                         f"{e}") from e
+    return with_overrides(get_config(), overrides or {})
