@@ -18,6 +18,7 @@ STRATEGIES = ("auto", "mirrored", "multi_worker", "default")  # train.strategy
 BEST_METRICS = ("segmentator_loss", "total_loss")        # train.best_metric
 PATCH_SAMPLINGS = ("random", "grid")                     # data.patch_sampling
 SMOOTHING_AUTO = ("validation", "image_size")            # scoring.smoothing_auto
+LAYOUTS = ("auto", "mvtec", "mvtec3d", "folder")         # data.layout
 
 
 def check(name, value, allowed):

@@ -29,6 +29,7 @@ ALLOWED = {
     "train.best_metric": choices.BEST_METRICS,
     "data.patch_sampling": choices.PATCH_SAMPLINGS,
     "scoring.smoothing_auto": choices.SMOOTHING_AUTO,
+    "data.layout": choices.LAYOUTS,
 }
 
 NON_NEGATIVE = (
@@ -51,6 +52,7 @@ POSITIVE_INT = (
 UNIT_INTERVAL = (
     "synthesis.anomaly_prob", "synthesis.beta_min", "synthesis.beta_max",
     "synthesis.colour_smooth_prob", "data.val_fraction", "scoring.threshold_quantile",
+    "data.folder.normal_test_fraction",
 )
 
 
@@ -64,9 +66,40 @@ def base_config() -> ml_collections.ConfigDict:
     # 2**seg_depth.
     c.data.image_size = (256, 256)
     c.data.channels = 3  # 1 (grayscale) or 3 (RGB); input images are converted
-    # Folder with one ROI mask per training image (same stem); "" means
-    # <category>/train/roi when it exists, else whole-image ROIs.
+    # How --data_dir is organised (grdnet_tf/data/mvtec.py): "mvtec" (MVTec AD: train/good,
+    # validation/good, test/<defect>, ground_truth/<defect>/<stem>_mask.*), "mvtec3d" (the
+    # native MVTec 3D-AD layout: <split>/<folder>/rgb/*, test/<defect>/gt/<stem>.*; xyz/ is
+    # ignored), "folder" (a plain folder per class, as anomalib's Folder datamodule takes:
+    # the data.folder.* keys) or "auto" (recognises the three; an unknown layout is an error
+    # that lists them).
+    c.data.layout = "auto"
+    # Paths in data.roi_dir, data.roi_path and data.folder.* are relative to --data_dir (an
+    # absolute path is used as given), so a run resumes and evaluates from any folder.
+    # Folder with one ROI mask per training and validation image (same stem as the image);
+    # validation images whose names also occur in training take theirs from
+    # <roi_dir>/validation/ (required then). "" means <category>/train/roi and
+    # <category>/validation/roi (mvtec, mvtec3d) when they exist; images without an ROI use
+    # the whole image. Masks: white (nonzero) = defects matter; a mask with more than two
+    # values (JPEG, antialiased edges) counts >= 128 (of 255) as inside, with a warning.
     c.data.roi_dir = ""
+    # One ROI mask file for every image (a fixed camera): training, validation and test
+    # images (the test ROI of ROI-restricted metrics); excludes data.roi_dir. "" = off.
+    c.data.roi_path = ""
+    # The plain folder layout (data.layout="folder"): folders inside --data_dir.
+    c.data.folder = ml_collections.ConfigDict()
+    c.data.folder.normal_dir = "good"  # normal images (training; test and validation too)
+    # Defect folders of the test split, comma-separated; "" = every other folder of
+    # --data_dir that holds images (except the folders named by the other keys).
+    c.data.folder.abnormal_dirs = ""
+    # Normal test images; "" = a seeded data.folder.normal_test_fraction of normal_dir is
+    # held out for the test split (never trained or validated on).
+    c.data.folder.normal_test_dir = ""
+    c.data.folder.normal_test_fraction = 0.2
+    # Normal validation images; "" = a seeded data.val_fraction of the training normals.
+    c.data.folder.val_dir = ""
+    # Ground-truth masks of the defect images: <mask_dir>/<defect>/<stem>[_mask].* or
+    # <mask_dir>/<stem>[_mask].*; "" = none (image metrics only).
+    c.data.folder.mask_dir = ""
     # Held-out seeded fraction of train/good used for validation when the category has no
     # validation/good folder.
     c.data.val_fraction = 0.1
@@ -339,6 +372,9 @@ def validate(config) -> None:
     if not candidates or any(int(k) != k or k < 1 for k in candidates):
         raise ValueError(f"config scoring.smoothing_candidates={candidates!r} must be "
                          f"positive integers")
+    if config.data.roi_dir and config.data.roi_path:
+        raise ValueError("config data.roi_dir and data.roi_path are both set: one ROI per "
+                         "image (roi_dir) or one ROI for every image (roi_path)")
     if config.data.patch_stride and not config.data.patch_scale:
         raise ValueError("config data.patch_stride is set but data.patch_scale is 0 (patches "
                          "are off)")
