@@ -449,7 +449,7 @@ def index_test(category_dir, layout="auto", roi_path="", folder=None, seed=0,
     else:
         folders = _mvtec_test_folders(category_dir, layout)
     samples, missing_gt = [], collections.Counter()
-    for test in folders:
+    for test in sorted(folders, key=lambda f: f.name):
         label = 0 if is_good_folder(test.name) else 1
         for path in test.paths:
             mask_path = test.masks.get(_stem(path)) if label else None
