@@ -82,15 +82,16 @@ def _stem(path):
     return os.path.splitext(os.path.basename(path))[0]
 
 
-def _by_stem(folder, suffix=""):
-    """{stem without suffix: path} of the image files in ``folder``; duplicates are errors."""
+def _by_stem(folder, suffix="", optional=False):
+    """{stem without suffix: path} of the image files in ``folder``; duplicates are errors.
+    Files without ``suffix`` are skipped, or with ``optional`` kept under their stem."""
     found = {}
     for path in list_images(folder):
         stem = _stem(path)
-        if suffix:
-            if not stem.endswith(suffix):
-                continue
+        if suffix and stem.endswith(suffix):
             stem = stem[:-len(suffix)]
+        elif suffix and not optional:
+            continue
         if stem in found:
             raise ValueError(f"two files with the stem {stem!r} in {folder}: "
                              f"{found[stem]} and {path}; keep one")
@@ -350,19 +351,6 @@ class _TestFolder:
     rois: dict
 
 
-def _masks_by_stem(folder):
-    """{stem: path} of masks named <stem>.* or <stem>_mask.*."""
-    found = {}
-    for path in list_images(folder):
-        stem = _stem(path)
-        stem = stem[:-len(MASK_SUFFIX)] if stem.endswith(MASK_SUFFIX) else stem
-        if stem in found:
-            raise ValueError(f"two masks for the stem {stem!r} in {folder}: {found[stem]} "
-                             f"and {path}; keep one")
-        found[stem] = path
-    return found
-
-
 def _mvtec_test_folders(category_dir, layout):
     test_dir = os.path.join(category_dir, "test")
     _require_dir(test_dir, "test folder")
@@ -419,7 +407,8 @@ def _folder_test_folders(category_dir, folder, seed, roi_dir):
         masks = {}
         if mask_root:
             own = os.path.join(mask_root, name)
-            masks = _masks_by_stem(own if os.path.isdir(own) else mask_root)
+            masks = _by_stem(own if os.path.isdir(own) else mask_root, MASK_SUFFIX,
+                             optional=True)
         folders.append(_TestFolder(name, list_images(image_dir), masks, {}))
     return folders
 
