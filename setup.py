@@ -9,6 +9,7 @@ INSTALL_REQUIRES = [
     "numpy==2.4.6",
     "opencv-python-headless==5.0.0.93",
     "scikit-learn==1.9.1",
+    "scipy==1.17.1",  # grdnet_tf/evaluation/metrics.py (connected components of AUPRO)
     "absl-py==2.5.1",
     "ml-collections==1.1.0",
     "matplotlib==3.11.2",
@@ -22,8 +23,13 @@ setup(
                 "with ROI attention) for TensorFlow 2.21 / Keras 3",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["grdnet_tf", "grdnet_tf.*"]),
-    python_requires=">=3.10,<3.14",
+    # The top-level configs/ folder ships inside the package as grdnet_tf.configs, so an
+    # installed grdnet-train takes --config=cpu_small without the checkout.
+    packages=find_packages(include=["grdnet_tf", "grdnet_tf.*"]) + ["grdnet_tf.configs"],
+    package_dir={"grdnet_tf.configs": "configs"},
+    # numpy 2.4, scipy 1.17, scikit-learn 1.9 and matplotlib 3.11 need Python >= 3.11;
+    # tensorflow 2.21 has wheels up to 3.13. Tested on 3.11 (the lowest).
+    python_requires=">=3.11,<3.14",
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0"]},
     entry_points={

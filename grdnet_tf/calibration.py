@@ -167,9 +167,14 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None):
     elif config.scoring.smoothing_auto == "image_size":
         kernel, source = reference, "image_size"
     else:
+        candidates = scoring.candidate_kernels(image_size, config.scoring.smoothing_candidates)
+        if log_fn:
+            repeats = int(config.scoring.calibration_repeats)
+            log_fn(f"calibration: scoring {len(val_cache)} validation images and {repeats} "
+                   f"synthetic anomalies of each to choose the smoothing window among "
+                   f"{', '.join(map(str, candidates))}, then the threshold")
         cal_set = calibration_set(model, config, val_cache, texture_cache,
                                   repeats=int(config.scoring.calibration_repeats))
-        candidates = scoring.candidate_kernels(image_size, config.scoring.smoothing_candidates)
         kernel, aurocs = select_kernel(cal_set, candidates, reference)
         source = "validation" if any(v is not None for v in aurocs.values()) else "image_size"
     if cal_set is not None and not tiling.patch_mode(config):

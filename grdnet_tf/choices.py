@@ -22,6 +22,7 @@ ROI_THRESHOLDS = ("otsu", "triangle", "fixed")           # grdnet-roi --threshol
 ROI_FEATURES = ("grey", "border_distance", "local_contrast")  # grdnet-roi --feature
 ROI_POLARITIES = ("auto", "bright", "dark")              # grdnet-roi --polarity
 ROI_SPLITS = ("train", "validation", "test")             # grdnet-roi --splits
+LAYOUTS = ("auto", "mvtec", "mvtec3d", "folder")         # data.layout
 
 
 def check(name, value, allowed):

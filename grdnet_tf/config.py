@@ -29,6 +29,7 @@ ALLOWED = {
     "train.best_metric": choices.BEST_METRICS,
     "data.patch_sampling": choices.PATCH_SAMPLINGS,
     "scoring.smoothing_auto": choices.SMOOTHING_AUTO,
+    "data.layout": choices.LAYOUTS,
 }
 
 NON_NEGATIVE = (
@@ -51,6 +52,7 @@ POSITIVE_INT = (
 UNIT_INTERVAL = (
     "synthesis.anomaly_prob", "synthesis.beta_min", "synthesis.beta_max",
     "synthesis.colour_smooth_prob", "data.val_fraction", "scoring.threshold_quantile",
+    "data.folder.normal_test_fraction",
 )
 
 
@@ -64,9 +66,40 @@ def base_config() -> ml_collections.ConfigDict:
     # 2**seg_depth.
     c.data.image_size = (256, 256)
     c.data.channels = 3  # 1 (grayscale) or 3 (RGB); input images are converted
-    # Folder with one ROI mask per training image (same stem); "" means
-    # <category>/train/roi when it exists, else whole-image ROIs.
+    # How --data_dir is organised (grdnet_tf/data/mvtec.py): "mvtec" (MVTec AD: train/good,
+    # validation/good, test/<defect>, ground_truth/<defect>/<stem>_mask.*), "mvtec3d" (the
+    # native MVTec 3D-AD layout: <split>/<folder>/rgb/*, test/<defect>/gt/<stem>.*; xyz/ is
+    # ignored), "folder" (a plain folder per class, as anomalib's Folder datamodule takes:
+    # the data.folder.* keys) or "auto" (recognises the three; an unknown layout is an error
+    # that lists them).
+    c.data.layout = "auto"
+    # Paths in data.roi_dir, data.roi_path and data.folder.* are relative to --data_dir (an
+    # absolute path is used as given), so a run resumes and evaluates from any folder.
+    # Folder with one ROI mask per training and validation image (same stem as the image);
+    # validation images whose names also occur in training take theirs from
+    # <roi_dir>/validation/ (required then). "" means <category>/train/roi and
+    # <category>/validation/roi (mvtec, mvtec3d) when they exist; images without an ROI use
+    # the whole image. Masks: white (nonzero) = defects matter; a mask with more than two
+    # values (JPEG, antialiased edges) counts >= 128 (of 255) as inside, with a warning.
     c.data.roi_dir = ""
+    # One ROI mask file for every image (a fixed camera): training, validation and test
+    # images (the test ROI of ROI-restricted metrics); excludes data.roi_dir. "" = off.
+    c.data.roi_path = ""
+    # The plain folder layout (data.layout="folder"): folders inside --data_dir.
+    c.data.folder = ml_collections.ConfigDict()
+    c.data.folder.normal_dir = "good"  # normal images (training; test and validation too)
+    # Defect folders of the test split, comma-separated; "" = every other folder of
+    # --data_dir that holds images (except the folders named by the other keys).
+    c.data.folder.abnormal_dirs = ""
+    # Normal test images; "" = a seeded data.folder.normal_test_fraction of normal_dir is
+    # held out for the test split (never trained or validated on).
+    c.data.folder.normal_test_dir = ""
+    c.data.folder.normal_test_fraction = 0.2
+    # Normal validation images; "" = a seeded data.val_fraction of the training normals.
+    c.data.folder.val_dir = ""
+    # Ground-truth masks of the defect images: <mask_dir>/<defect>/<stem>[_mask].* or
+    # <mask_dir>/<stem>[_mask].*; "" = none (image metrics only).
+    c.data.folder.mask_dir = ""
     # Held-out seeded fraction of train/good used for validation when the category has no
     # validation/good folder.
     c.data.val_fraction = 0.1
@@ -222,10 +255,13 @@ def with_overrides(config, overrides) -> ml_collections.FrozenConfigDict:
         for part in parents:
             node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
         if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-            raise ValueError(f"config override {key}: no such config key")
+            raise ValueError(f"config override {key}: no such config key"
+                             + _did_you_mean(config, key))
         current = node[leaf]
         if isinstance(value, str) and not isinstance(current, str):
-            if isinstance(current, bool):
+            if isinstance(current, tuple):
+                value = _parse_tuple(key, value, current)
+            elif isinstance(current, bool):
                 if value.lower() not in ("true", "false", "1", "0"):
                     raise ValueError(f"config override {key}={value!r}: expected true or false")
                 value = value.lower() in ("true", "1")
@@ -240,6 +276,37 @@ def with_overrides(config, overrides) -> ml_collections.FrozenConfigDict:
                                  f"from text")
         node[leaf] = value
     return freeze(config)
+
+
+def _leaf_keys(config, prefix=""):
+    for key, value in config.items():
+        if isinstance(value, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
+            yield from _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def _did_you_mean(config, key):
+    import difflib
+    close = difflib.get_close_matches(key, list(_leaf_keys(config)), n=1, cutoff=0.75)
+    return (f" (did you mean {close[0]}?)" if close else "") + \
+        "; every key is documented in grdnet_tf/config.py"
+
+
+def _parse_tuple(key, text, current):
+    """'(64, 64)' or '64,64' -> a tuple of the element type of `current`."""
+    import ast
+    try:
+        value = ast.literal_eval(text if text.strip().startswith("(") else f"({text},)")
+    except (ValueError, SyntaxError):
+        value = None
+    if not isinstance(value, (tuple, list)):
+        raise ValueError(f"config override {key}={text!r}: expected a tuple like "
+                         f"{tuple(current)!r}")
+    kind = type(current[0]) if current else None
+    if kind in (int, float) and not all(isinstance(v, (int, float)) for v in value):
+        raise ValueError(f"config override {key}={text!r}: expected numbers")
+    return tuple(kind(v) for v in value) if kind in (int, float) else tuple(value)
 
 
 def parse_overrides(items) -> dict:
@@ -305,6 +372,9 @@ def validate(config) -> None:
     if not candidates or any(int(k) != k or k < 1 for k in candidates):
         raise ValueError(f"config scoring.smoothing_candidates={candidates!r} must be "
                          f"positive integers")
+    if config.data.roi_dir and config.data.roi_path:
+        raise ValueError("config data.roi_dir and data.roi_path are both set: one ROI per "
+                         "image (roi_dir) or one ROI for every image (roi_path)")
     if config.data.patch_stride and not config.data.patch_scale:
         raise ValueError("config data.patch_stride is set but data.patch_scale is 0 (patches "
                          "are off)")
@@ -355,13 +425,68 @@ def from_dict(values) -> ml_collections.FrozenConfigDict:
     return freeze(config)
 
 
-def load_config_file(path) -> ml_collections.FrozenConfigDict:
-    """`get_config()` of a config file (configs/NAME.py), validated and frozen."""
+def _package_configs_dir():
+    """The folder of the named configs: the installed grdnet_tf.configs package, or in a
+    checkout the top-level configs/ folder it is built from (setup.py package_dir)."""
     import importlib.util
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        spec = importlib.util.find_spec("grdnet_tf.configs")
+    except ImportError:
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0]
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "configs")
+
+
+def config_names() -> list[str]:
+    """Names of the shipped configs (``--config=NAME``), e.g. ['cpu_small', 'demo', ...]."""
+    folder = _package_configs_dir()
+    if not os.path.isdir(folder):
+        return []
+    return sorted(n[:-3] for n in os.listdir(folder)
+                  if n.endswith(".py") and not n.startswith("_"))
+
+
+def resolve_config_path(name_or_path) -> str:
+    """A config file path from ``--config``: a shipped config's name (``cpu_small``, also
+    ``configs/cpu_small.py`` from any folder) or the path of a file with ``get_config()``.
+
+    An existing file wins over a name. Raises FileNotFoundError naming what was looked for.
+    """
+    if not name_or_path:
+        raise ValueError("no config given: --config=NAME (" + ", ".join(config_names())
+                         + ") or --config=path/to/config.py")
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    stem = os.path.splitext(os.path.basename(name_or_path))[0]
+    shipped = os.path.join(_package_configs_dir(), f"{stem}.py")
+    looks_named = (os.sep not in name_or_path.rstrip(os.sep)
+                   or os.path.dirname(os.path.normpath(name_or_path)) == "configs")
+    if looks_named and stem in config_names():
+        return shipped
+    raise FileNotFoundError(f"config file not found: {name_or_path} (a file with "
+                            f"get_config(), or one of the named configs: "
+                            f"{', '.join(config_names())})")
+
+
+def load_config_file(path, overrides=None) -> ml_collections.FrozenConfigDict:
+    """`get_config()` of a config file or named config (`resolve_config_path`), with
+    dotted-key `overrides` ({"train.epochs": "5"}, see `with_overrides`), validated and
+    frozen.
+
+    Raises FileNotFoundError (no such file or name) or ValueError (the file fails to run or
+    has no get_config(), an unknown key, a bad value), each naming the file or key.
+    """
+    import importlib.util
+    path = resolve_config_path(path)
     spec = importlib.util.spec_from_file_location(
         f"grdnet_config_{os.path.splitext(os.path.basename(path))[0]}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return freeze(module.get_config())
+    try:
+        spec.loader.exec_module(module)
+        get_config = module.get_config
+    except Exception as e:  # a user's file: report it on one line, whatever it raised
+        raise ValueError(f"config file {path} failed to load: {type(e).__name__}: "
+                         f"{e}") from e
+    return with_overrides(get_config(), overrides or {})

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from grdnet_tf import keys, scoring
+from grdnet_tf import keys, progress, scoring
 from grdnet_tf.data import io, mvtec, preprocess
 from grdnet_tf.evaluation import metrics as metrics_lib
 
@@ -89,6 +89,7 @@ def iter_scored(scorer, items, batch_size=8, skip_bad_files=False):
     Memory stays bounded by the batch: nothing is kept after it is yielded.
     """
     batch = []
+    roi_notes = io.MaskNotes("test ROI")
 
     def flush():
         images = [b[1] for b in batch]
@@ -112,8 +113,9 @@ def iter_scored(scorer, items, batch_size=8, skip_bad_files=False):
         roi_path = getattr(item, "roi_path", None) if scorer.use_roi else None
         inputs = scorer.model_inputs(native)
         size = tuple(inputs.shape[:2])
-        roi = (preprocess.model_mask(io.read_mask(roi_path)[None], size)[0] if roi_path
-               else tf.ones(size, tf.float32))
+        roi = (preprocess.model_mask(io.read_mask(roi_path, notes=roi_notes,
+                                                  image_shape=native.shape)[None], size)[0]
+               if roi_path else tf.ones(size, tf.float32))
         if scorer.patches:  # one working-size image at a time
             out = scorer.score_working(inputs, roi)
             yield _scored(item, native, out[keys.ANOMALY_MAP], out[keys.RAW_ANOMALY_MAP],
@@ -124,6 +126,7 @@ def iter_scored(scorer, items, batch_size=8, skip_bad_files=False):
             yield from flush()
     if batch:
         yield from flush()
+    roi_notes.warn()
 
 
 def _scored(item, native, anomaly_map, raw_map, score):
@@ -147,10 +150,12 @@ def score_test_split(scorer, data_dir, batch_size=8):
     Returns `SplitScores`. Pixel metrics use the model resolution; images whose ground truth
     is missing are left out of them (noted).
     """
-    samples = mvtec.index_test(data_dir)
+    samples = mvtec.index_test(data_dir, **mvtec.config_kwargs(scorer.config, test=True))
     labels, scores, maps, raw_maps, masks, rois, defects, paths, notes = ([] for _ in range(9))
     missing_gt = 0
-    for scored in iter_scored(scorer, samples, batch_size):
+    gt_notes, roi_notes = io.MaskNotes("ground-truth"), io.MaskNotes("test ROI")
+    for scored in progress.counted(iter_scored(scorer, samples, batch_size), len(samples),
+                                   "scoring test images", logging.info):
         s = scored.sample
         labels.append(s.label)
         scores.append(scored.anomaly_score)
@@ -162,11 +167,14 @@ def score_test_split(scorer, data_dir, batch_size=8):
         if s.label == 0:
             masks.append(np.zeros(size, np.uint8))
         elif s.mask_path:
-            masks.append(_mask_at(s.mask_path, size))
+            masks.append(_mask_at(s.mask_path, size, scored.image.shape, gt_notes))
         else:
             masks.append(None)
             missing_gt += 1
-        rois.append(_mask_at(s.roi_path, size) if s.roi_path else None)
+        rois.append(_mask_at(s.roi_path, size, scored.image.shape, roi_notes)
+                    if s.roi_path else None)
+    gt_notes.warn()
+    roi_notes.warn()
     if missing_gt:
         notes.append(f"{missing_gt} defect image(s) without ground truth are left out of the "
                      f"pixel metrics")
@@ -196,9 +204,11 @@ def score_test_split(scorer, data_dir, batch_size=8):
     return SplitScores(metrics=result, paths=paths, scores=scores, samples=samples)
 
 
-def _mask_at(path, size):
-    """A mask file at `size` (nearest neighbour, {0, 1} uint8), as the model inputs' masks."""
-    return preprocess.model_mask(io.read_mask(path)[None], size)[0].numpy().astype(np.uint8)
+def _mask_at(path, size, image_shape, notes):
+    """A mask file at `size` (nearest neighbour, {0, 1} uint8), as the model inputs' masks,
+    checked against its image's native shape (`io.MaskNotes`)."""
+    mask = io.read_mask(path, notes=notes, image_shape=image_shape)
+    return preprocess.model_mask(mask[None], size)[0].numpy().astype(np.uint8)
 
 
 def _smoothed_pixel_metrics(masks, maps, rois):

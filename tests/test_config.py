@@ -77,3 +77,33 @@ def test_config_and_choices_import_without_tensorflow():
     code = ("import sys, grdnet_tf.config, grdnet_tf.choices; "
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_named_configs_and_paths(tmp_path, monkeypatch):
+    """--config takes a shipped config's name (also as configs/NAME.py from any folder) or
+    a file path; errors name the file or key in one line."""
+    assert config_lib.config_names() == ["cpu_small", "demo", "paper", "tiny"]
+    monkeypatch.chdir(tmp_path)
+    small = config_lib.load_config_file("cpu_small")
+    assert small.data.image_size == (128, 128) and small.model.stages == 4
+    assert config_lib.load_config_file("configs/cpu_small.py") == small
+    mine = tmp_path / "mine.py"
+    mine.write_text("from grdnet_tf.config import base_config\n"
+                    "def get_config():\n    c = base_config()\n    c.train.epochs = 3\n"
+                    "    return c\n")
+    config = config_lib.load_config_file(str(mine), {"data.image_size": "64,64",
+                                                     "train.batch_size": "4"})
+    assert (config.train.epochs, config.data.image_size, config.train.batch_size) == \
+        (3, (64, 64), 4)
+    with pytest.raises(FileNotFoundError, match=r"config file not found: nope.py \(a file "
+                                                r"with get_config\(\), or one of the named "
+                                                r"configs: cpu_small, demo, paper, tiny\)"):
+        config_lib.load_config_file("nope.py")
+    broken = tmp_path / "broken.py"
+    broken.write_text("def get_config(:\n")
+    with pytest.raises(ValueError, match=r"config file .*broken.py failed to load: "
+                                         r"SyntaxError"):
+        config_lib.load_config_file(str(broken))
+    with pytest.raises(ValueError, match=r"train.epoch: no such config key \(did you mean "
+                                         r"train.epochs\?\)"):
+        config_lib.load_config_file("tiny", {"train.epoch": "1"})

@@ -95,7 +95,9 @@ def test_index_train_rois_and_fraction_split(category, caplog):
     with caplog.at_level(logging.WARNING):
         train, val = mvtec.index_train(category, val_fraction=0.34, seed=3)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and warnings[0].startswith("2 of 6 training images have no ROI")
+    assert len(warnings) == 1 and warnings[0].startswith("ROIs from ")
+    assert warnings[0].endswith(": 3 of 4 training and 1 of 2 validation images have an ROI "
+                                "mask; the other 2 use the whole image as ROI")
     assert len(train) == 4 and len(val) == 2  # round(6 * 0.34) = 2
     everything = sorted(s.path for s in train + val)
     assert len(set(everything)) == 6 and not {s.path for s in train} & {s.path for s in val}

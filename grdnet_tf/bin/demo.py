@@ -9,28 +9,26 @@ stopped and re-evaluates.
 import os
 import time
 
-from absl import app, flags, logging
+from absl import flags
 
 from grdnet_tf.bin import common
 
 common.quiet_tensorflow()
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 _DATA_DIR = flags.DEFINE_string("data_dir", "demo_data", "Where the demo dataset is written.")
 _MODEL_DIR = flags.DEFINE_string("model_dir", "demo_run", "Run directory.")
-_CONFIG = flags.DEFINE_string("config", os.path.join(REPO, "configs", "demo.py"),
-                              "Config file.")
+_CONFIG = common.define_config_flag("demo")
 _EXPORT = flags.DEFINE_bool("export", True, "Export a SavedModel at the end.")
 
 
 def main(argv):
     common.check_flags(argv, _DATA_DIR, _MODEL_DIR, _CONFIG)
-    logging.set_verbosity(logging.INFO)
-    from grdnet_tf.config import load_config_file
-    from grdnet_tf.data import demo
-    from grdnet_tf.evaluation import eval_lib
-    from grdnet_tf.training import train_lib
+    config = common.load_config(_CONFIG)
+    with common.quiet_import():
+        from grdnet_tf.data import demo
+        from grdnet_tf.evaluation import eval_lib
+        from grdnet_tf.serving import export_lib
+        from grdnet_tf.training import train_lib
 
     # The demo is the four stages of the other binaries, each its library function.
     start = time.perf_counter()
@@ -38,12 +36,10 @@ def main(argv):
     export_path = None
     try:
         category_dir = demo.make_demo_dataset(_DATA_DIR.value)
-        config = load_config_file(_CONFIG.value)
         summary = train_lib.train(config, category_dir, _MODEL_DIR.value)
         train_seconds = time.perf_counter() - start
         result = eval_lib.evaluate(_MODEL_DIR.value, category_dir, eval_dir)
         if _EXPORT.value:
-            from grdnet_tf.serving import export_lib
             export_path = export_lib.export_run(_MODEL_DIR.value,
                                                 os.path.join(_MODEL_DIR.value, "export"),
                                                 overwrite=False)
@@ -68,7 +64,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    common.run_binary(main, __name__, takes_config=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
   grdnet-eval --model_dir=RUN --data_dir=CATEGORY_DIR --output_dir=OUT
 """
-from absl import app, flags, logging
+from absl import flags
 
 from grdnet_tf.bin import common
 
@@ -23,8 +23,8 @@ _USE_ROI = flags.DEFINE_bool("use_roi", False, "Hard-mask maps with test ROIs "
 
 def main(argv):
     common.check_flags(argv, _MODEL_DIR, _DATA_DIR, _OUTPUT_DIR)
-    logging.set_verbosity(logging.INFO)
-    from grdnet_tf.evaluation import eval_lib
+    with common.quiet_import():  # TensorFlow loads: after the cheap checks
+        from grdnet_tf.evaluation import eval_lib
     try:
         result = eval_lib.evaluate(_MODEL_DIR.value, _DATA_DIR.value, _OUTPUT_DIR.value,
                                    checkpoint=_CHECKPOINT.value, threshold=_THRESHOLD.value,
@@ -36,7 +36,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    common.run_binary(main, __name__)
 
 
 if __name__ == "__main__":

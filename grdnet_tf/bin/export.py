@@ -6,7 +6,7 @@
 Writes BASE/N/ (N: one more than the largest existing version, 1 for an empty BASE) and
 prints its path. See grdnet_tf/serving/export_lib.py and export/README.md.
 """
-from absl import app, flags
+from absl import flags
 
 from grdnet_tf.bin import common
 
@@ -28,7 +28,8 @@ _THRESHOLD = flags.DEFINE_float("threshold", None,
 
 def main(argv):
     common.check_flags(argv, _MODEL_DIR, _EXPORT_DIR)
-    from grdnet_tf.serving import export_lib
+    with common.quiet_import():  # TensorFlow loads: after the cheap checks
+        from grdnet_tf.serving import export_lib
     try:
         # Bad flags or run directory: export_lib raises before anything is written.
         path = export_lib.export_run(_MODEL_DIR.value, _EXPORT_DIR.value,
@@ -40,7 +41,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    common.run_binary(main, __name__)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ its category folder.
 
     grdnet-demo-data --output_dir=demo_data [--seed=0] [--category=widget]
 """
-from absl import app, flags
+from absl import flags
 
 from grdnet_tf.bin import common
 
@@ -17,7 +17,8 @@ _CATEGORY = flags.DEFINE_string("category", "widget", "Category folder name.")
 
 def main(argv):
     common.check_flags(argv, _OUTPUT_DIR, _CATEGORY)
-    from grdnet_tf.data import demo
+    with common.quiet_import():  # TensorFlow loads: after the cheap checks
+        from grdnet_tf.data import demo
     try:
         category_dir = demo.make_demo_dataset(_OUTPUT_DIR.value, seed=_SEED.value,
                                               category=_CATEGORY.value)
@@ -27,7 +28,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    common.run_binary(main, __name__)
 
 
 if __name__ == "__main__":

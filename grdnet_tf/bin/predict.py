@@ -2,7 +2,7 @@
 
   grdnet-predict --model_dir=RUN --input='photos/*.png' --output_dir=OUT
 """
-from absl import app, flags, logging
+from absl import flags
 
 from grdnet_tf.bin import common
 
@@ -21,8 +21,8 @@ _SKIP_BAD = flags.DEFINE_bool("skip_bad_files", False, "Skip unreadable images (
 
 def main(argv):
     common.check_flags(argv, _MODEL_DIR, _INPUT, _OUTPUT_DIR)
-    logging.set_verbosity(logging.INFO)
-    from grdnet_tf.evaluation import eval_lib
+    with common.quiet_import():  # TensorFlow loads: after the cheap checks
+        from grdnet_tf.evaluation import eval_lib
     try:
         result = eval_lib.predict(_MODEL_DIR.value, _INPUT.value, _OUTPUT_DIR.value,
                                   checkpoint=_CHECKPOINT.value, threshold=_THRESHOLD.value,
@@ -35,7 +35,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    common.run_binary(main, __name__)
 
 
 if __name__ == "__main__":

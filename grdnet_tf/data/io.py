@@ -4,16 +4,25 @@ Images come back as ``uint8 [H, W, C]`` RGB (C = 3) or grayscale (C = 1), whatev
 holds: alpha is dropped, BGR becomes RGB, grayscale and colour are converted to the requested
 channel count, 16-bit files are scaled to 8 bits. Resizing to ``image_size = (height, width)``
 uses ``cv2.INTER_AREA`` when shrinking and ``cv2.INTER_LINEAR`` when enlarging (the aspect
-ratio is not kept: the networks see exactly ``image_size``). Masks are binarised (> 0 -> 1)
-and resized with exact nearest neighbour, so they stay in {0, 1}.
+ratio is not kept: the networks see exactly ``image_size``).
+
+Masks (ROIs, ground truth) are binarised by one rule (:func:`binarize_mask`): a mask with
+at most two values (0 and one other: 0/1, 0/255, 0/65535) has that value inside; any other
+mask (JPEG artefacts, antialiased or soft edges) counts a pixel inside at half the full
+scale or more (>= 128 of 255, >= 32768 of 65535). They are resized with exact nearest
+neighbour, so they stay in {0, 1}. :class:`MaskNotes` checks a mask against its image: a
+size with another aspect ratio is an error (the mask belongs to another image or crop);
+a resized or non-binary mask is counted and reported in one warning.
 
 Every failure (missing, empty, corrupt or undecodable file) raises :class:`ImageReadError`
 naming the file.
 """
 import os
+import threading
 
 import cv2
 import numpy as np
+from absl import logging
 
 from grdnet_tf import choices
 
@@ -100,21 +109,84 @@ def read_image(path, image_size=None, channels=3) -> np.ndarray:
     return np.ascontiguousarray(image, dtype=np.uint8)
 
 
-def read_mask(path, image_size=None) -> np.ndarray:
-    """Reads a mask as ``uint8 [H, W]`` in {0, 1}: any nonzero pixel (any channel) is 1.
+def binarize_mask(levels) -> tuple[np.ndarray, bool]:
+    """(uint8 {0, 1} mask, binary) of a 2-D mask of grey levels (see the module rule)."""
+    nonzero = levels[levels > 0]
+    binary = nonzero.size == 0 or nonzero.min() == nonzero.max()
+    if binary:
+        return (levels > 0).astype(np.uint8), True
+    half = (np.iinfo(levels.dtype).max + 1) // 2 if levels.dtype.kind in "ui" else 0.5
+    return (levels >= half).astype(np.uint8), False
 
-    Args:
-      path: mask file; an alpha channel is ignored.
-      image_size: ``(height, width)`` to resize to (nearest neighbour), or None.
-    Raises:
-      ImageReadError: the file is missing, empty, corrupt or has an unsupported format.
-    """
+
+def _mask_levels(path):
     mask = _decode(path, cv2.IMREAD_UNCHANGED)
     if mask.ndim == 3:
         mask = mask[:, :, :3].max(axis=2) if mask.shape[2] >= 3 else mask.max(axis=2)
     if mask.ndim != 2:
         raise ImageReadError(path, f"unsupported mask shape {mask.shape}")
-    mask = (mask > 0).astype(np.uint8)
+    return mask
+
+
+def read_mask(path, image_size=None, notes=None, image_shape=None) -> np.ndarray:
+    """Reads a mask as ``uint8 [H, W]`` in {0, 1} (:func:`binarize_mask`).
+
+    Args:
+      path: mask file; an alpha channel is ignored, colour channels are combined (max).
+      image_size: ``(height, width)`` to resize to (nearest neighbour), or None.
+      notes: a :class:`MaskNotes` that counts non-binary and resized masks, with
+        image_shape: ``(height, width)`` of the mask's image (checked by ``notes``).
+    Raises:
+      ImageReadError: the file is missing, empty, corrupt or has an unsupported format.
+      ValueError: (with ``notes``) the mask's aspect ratio is not its image's.
+    """
+    mask, binary = binarize_mask(_mask_levels(path))
+    if notes is not None:
+        notes.check(path, mask.shape, binary, image_shape)
     if image_size is not None:
         mask = _resize(mask, image_size, cv2.INTER_NEAREST_EXACT)
     return np.ascontiguousarray(mask)
+
+
+class MaskNotes:
+    """Checks masks against their images while a split is read, and reports once.
+
+    ``check`` raises ValueError for a mask whose aspect ratio differs from its image's by
+    more than 1 % (a mask of another image or crop: stretching it would misplace it); masks
+    of another size (same aspect ratio, resized with nearest neighbour) and non-binary
+    masks (thresholded at half scale) are counted, and ``warn`` logs one line per kind with
+    the count and an example. Thread-safe (the training cache reads with threads).
+
+    Args:
+      what: the kind of mask in the messages, e.g. "ROI" or "ground-truth".
+    """
+
+    def __init__(self, what):
+        self.what = what
+        self.resized, self.non_binary = [], []
+        self._lock = threading.Lock()
+
+    def check(self, path, mask_shape, binary, image_shape):
+        if image_shape is not None and tuple(mask_shape) != tuple(image_shape[:2]):
+            (mh, mw), (h, w) = mask_shape, image_shape[:2]
+            if abs((mh / mw) / (h / w) - 1.0) > 0.01:
+                raise ValueError(f"{self.what} mask {path} is {mw}x{mh} (width x height), its "
+                                 f"image is {w}x{h}: another aspect ratio, so the mask does "
+                                 f"not belong to this image; fix or remove it")
+            with self._lock:
+                self.resized.append(f"{path} ({mw}x{mh}, image {w}x{h})")
+        if not binary:
+            with self._lock:
+                self.non_binary.append(str(path))
+
+    def warn(self):
+        """Logs the counts (nothing when every mask was binary and of its image's size)."""
+        if self.resized:
+            logging.warning("%d %s mask(s) differ in size from their image and were resized "
+                            "to it (nearest neighbour), e.g. %s", len(self.resized),
+                            self.what, self.resized[0])
+        if self.non_binary:
+            logging.warning("%d %s mask(s) are not binary (more than two grey levels, e.g. "
+                            "JPEG or soft edges): pixels >= half scale (128 of 255) count as "
+                            "inside, e.g. %s", len(self.non_binary), self.what,
+                            self.non_binary[0])

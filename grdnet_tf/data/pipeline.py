@@ -65,7 +65,7 @@ class ImageCache:
         return len(self.paths)
 
 
-def _read_sample(sample, image_size, channels, patch_scale=0.0):
+def _read_sample(sample, image_size, channels, patch_scale=0.0, notes=None):
     native = io.read_image(sample.path, None, channels)
     if patch_scale > 0:
         size = tuple(int(v) for v in tiling.working_size(*native.shape[:2], patch_scale,
@@ -76,11 +76,7 @@ def _read_sample(sample, image_size, channels, patch_scale=0.0):
     if sample.roi_path is None:
         roi = np.ones(size, np.uint8)
     else:
-        roi = io.read_mask(sample.roi_path)
-        if roi.shape != native.shape[:2]:
-            logging.warning("ROI %s is %dx%d, its image %s is %dx%d: resized to the image",
-                            sample.roi_path, roi.shape[1], roi.shape[0], sample.path,
-                            native.shape[1], native.shape[0])
+        roi = io.read_mask(sample.roi_path, notes=notes, image_shape=native.shape)
         roi = preprocess.model_mask(roi[None], size).numpy()[0].astype(np.uint8)
         if not roi.any():
             raise ValueError(f"ROI mask {sample.roi_path} (of {sample.path}) is empty (all "
@@ -101,16 +97,22 @@ def load_cache(samples, image_size, channels, skip_bad_files=False,
         of raising.
       patch_scale: 0 resizes every image to ``image_size``; > 0 keeps each at its working
         size (grdnet_tf.data.tiling.working_size) for patch training.
+    ROI masks are checked against their images (`io.MaskNotes`: another aspect ratio is an
+    error; resized and non-binary masks are counted in one warning).
+
     Raises:
       io.ImageReadError: an unreadable image or ROI file (unless skipped).
-      ValueError: an all-zero ROI mask (never skipped); every file skipped.
+      ValueError: an all-zero ROI mask or one of another aspect ratio (never skipped);
+        every file skipped.
     """
     height, width = int(image_size[0]), int(image_size[1])
     start = time.perf_counter()
 
+    notes = io.MaskNotes("ROI")
+
     def read(sample):
         try:
-            return _read_sample(sample, (height, width), channels, patch_scale)
+            return _read_sample(sample, (height, width), channels, patch_scale, notes)
         except io.ImageReadError as e:
             if not skip_bad_files:
                 raise
@@ -119,6 +121,7 @@ def load_cache(samples, image_size, channels, skip_bad_files=False,
     workers = max(1, min(8, os.cpu_count() or 1))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         results = list(pool.map(read, samples))
+    notes.warn()
     kept = [(s, r) for s, r in zip(samples, results) if not isinstance(r, Exception)]
     skipped = [r for r in results if isinstance(r, Exception)]
     if skipped:

@@ -10,7 +10,7 @@ import os
 import numpy as np
 from absl import logging
 
-from grdnet_tf import run_dir, run_scoring
+from grdnet_tf import progress, run_dir, run_scoring
 from grdnet_tf.data import io, preprocess
 from grdnet_tf.evaluation import plots
 
@@ -177,8 +177,10 @@ def predict(model_dir, inputs, output_dir, checkpoint="best", threshold=None, ba
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "score", "is_anomalous"])
-        for scored in run_scoring.iter_scored(scorer, paths, batch_size,
-                                              skip_bad_files=skip_bad_files):
+        for scored in progress.counted(
+                run_scoring.iter_scored(scorer, paths, batch_size,
+                                        skip_bad_files=skip_bad_files),
+                len(paths), "scoring images", log_fn):
             is_anomalous = scored.anomaly_score > scorer.threshold
             writer.writerow([scored.path, f"{scored.anomaly_score:.6f}", int(is_anomalous)])
             count += 1

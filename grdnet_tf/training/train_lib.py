@@ -32,7 +32,7 @@ from absl import logging
 
 from grdnet_tf import calibration as calibration_lib
 from grdnet_tf import config as config_lib
-from grdnet_tf import keys, run_dir, run_scoring
+from grdnet_tf import keys, progress, run_dir, run_scoring
 from grdnet_tf.data import mvtec, pipeline
 from grdnet_tf.models.grdnet import LOSS_METRICS, build_grdnet
 from grdnet_tf.training import checkpoints as ckpt_lib
@@ -57,9 +57,7 @@ def load_train_data(config, data_dir):
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"--data_dir={data_dir} does not exist (an MVTec-style "
                                 f"category folder)")
-    train_samples, val_samples = mvtec.index_train(
-        data_dir, roi_dir=config.data.roi_dir, val_fraction=config.data.val_fraction,
-        seed=config.seed)
+    train_samples, val_samples = mvtec.index_train(data_dir, **mvtec.config_kwargs(config))
     if not config.data.use_roi:
         train_samples = [dataclasses.replace(s, roi_path=None) for s in train_samples]
         val_samples = [dataclasses.replace(s, roi_path=None) for s in val_samples]
@@ -149,16 +147,6 @@ def _save(manager, step, chief):
     return path
 
 
-def _progress_line(epoch, epochs, step, step_in_epoch, steps_per_epoch, ips, logs):
-    short = {"total_loss": "total", "generator_loss": "gen", "adversarial_loss": "adv",
-             "contextual_loss": "con", "encoder_loss": "enc", "discriminator_loss": "disc",
-             "segmentator_loss": "seg"}
-    parts = " ".join(f"{label}={logs[name]:.4f}" for name, label in short.items()
-                     if name in logs)
-    return (f"epoch {epoch + 1}/{epochs} step {step} ({step_in_epoch}/{steps_per_epoch}) "
-            f"{ips:.1f} img/s {parts}")
-
-
 def evaluate_test_split(model, config, data_dir, summaries, step):
     """Test-split metrics of the current weights, for learning curves (logged, never used
     to select checkpoints or thresholds)."""
@@ -240,10 +228,13 @@ def end_epoch(epoch, train_logs, val_logs, learning_rate, *, model, config, stat
     history.append(entry)
     if chief:
         run_dir.write_json(os.path.join(model_dir, run_dir.HISTORY_JSON), history)
+    picked = f"val_{config.train.best_metric}"
     log_fn(f"epoch {epoch + 1}/{epochs} done: "
            + " ".join(f"{k}={train_logs[k]:.4f}" for k in LOSS_METRICS if k in train_logs)
-           + (f" | val total_loss={val_loss:.4f}" if val_logs else "")
-           + (" (best)" if improved else ""))
+           + (f" | val total_loss={val_loss:.4f} | {picked}={selection:.4f} "
+              f"(best checkpoint by {picked}"
+              + (": new best)" if improved else f": {float(state.best_val_loss):.4f} "
+                 f"stays)") if val_logs else " | no validation images"))
     return learning_rate
 
 
@@ -323,6 +314,8 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
            f"{steps_per_epoch} steps/epoch x {epochs} epochs, global batch {global_batch}, "
            f"model_dir {model_dir}")
     last_logs = {}
+    bar = progress.TrainingProgress(epochs, steps_per_epoch, global_batch, int(state.step),
+                                    config.train.log_every_steps, progress.Display(log_fn))
     while int(state.epoch) < epochs:
         epoch = int(state.epoch)
         model.reset_metrics()
@@ -335,14 +328,14 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
             state.step_in_epoch.assign_add(1)
             window_images += global_batch
             last_logs = logs
+            if chief:
+                bar.step(epoch, int(state.step_in_epoch), step, logs)
             if step % config.train.log_every_steps == 0:
                 ips = window_images / max(time.perf_counter() - window_start, 1e-9)
                 window_start, window_images = time.perf_counter(), 0
                 rates = {f"learning_rate/{n}": learning_rate for n in model.optimizers}
                 Summaries.scalars(summaries.train, {**logs, **rates,
                                                     "speed/images_per_second": ips}, step)
-                log_fn(_progress_line(epoch, epochs, step, int(state.step_in_epoch),
-                                      steps_per_epoch, ips, logs))
             if chief and step % config.train.image_every_steps == 0:
                 summaries.images(model, preview, step)
             if (step % config.train.checkpoint_every_steps == 0
