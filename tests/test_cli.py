@@ -19,7 +19,7 @@ from helpers_config import REPO_ROOT
 
 BIN = os.path.dirname(sys.executable)
 SCRIPTS = ("grdnet-train", "grdnet-eval", "grdnet-predict", "grdnet-export",
-           "grdnet-demo-data")
+           "grdnet-demo-data", "grdnet-roi")
 # Lines of TensorFlow's start-up and checkpointing that must not reach the console.
 NOISE = ("oneDNN", "cuInit", "cuda drivers", "absl::InitializeLog", "Sharding callback",
          "cpu_feature_guard", "I0000", "W0000", "E0000")
@@ -64,6 +64,8 @@ HELP = {
                        "--[no]skip_bad_files:"],
     "grdnet-export": ["--model_dir:", "--export_dir:", "--version:", "--[no]overwrite:"],
     "grdnet-demo-data": ["--output_dir:", "--seed:", "--category:"],
+    "grdnet-roi": ["--data_dir:", "--output_dir:", "--template:", "--threshold:",
+                   "--[no]overwrite:"],
 }
 
 

@@ -12,7 +12,7 @@ docs/roi.md.
 Existing masks are kept unless --overwrite; nothing is written when an image is unreadable
 or its ROI comes out empty.
 """
-from absl import app, flags
+from absl import flags
 
 from grdnet_tf import choices
 from grdnet_tf.bin import common
@@ -96,7 +96,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    common.run_binary(main, __name__)
 
 
 if __name__ == "__main__":
