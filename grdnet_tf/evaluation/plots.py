@@ -3,7 +3,8 @@
 Charts are drawn with matplotlib's object API on an Agg canvas (no pyplot): no GUI
 backend, no global backend switch in the caller's process, no figures left open.
 Every file is written atomically (temporary file in the same folder, then
-``os.replace``), so a reader never sees a half-written PNG.
+``os.replace``), so a reader never sees a half-written PNG; its mode follows the umask
+(`grdnet_tf.file_modes`).
 
 No TensorFlow here: this module must import fast.
 """
@@ -19,7 +20,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from grdnet_tf import heatmap
+from grdnet_tf import file_modes, heatmap
 
 
 GT_CONTOUR_RGB = (0, 255, 0)       # ground-truth contour colour in overlays
@@ -81,6 +82,7 @@ def _atomic_write(path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        file_modes.follow_umask(tmp)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
