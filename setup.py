@@ -15,6 +15,14 @@ INSTALL_REQUIRES = [
     # NOT tensorflow-addons: end-of-life and broken on Keras 3 (see README).
 ]
 
+# grdnet-export --format=onnx|litert (grdnet_tf/serving/edge.py) and their runtimes.
+EDGE_REQUIRES = [
+    "tf2onnx==1.17.0",
+    "onnx==1.23.2",
+    "onnxruntime==1.31.1",
+    "ai-edge-litert==2.3.0",   # the LiteRT interpreter (tf.lite.Interpreter is deprecated)
+]
+
 setup(
     name="grdnet_tf",
     version="0.1.0",
@@ -25,7 +33,9 @@ setup(
     packages=find_packages(include=["grdnet_tf", "grdnet_tf.*"]),
     python_requires=">=3.10,<3.14",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0"]},
+    extras_require={"edge": EDGE_REQUIRES,
+                    # the parity tests of the edge formats run in CI
+                    "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"] + EDGE_REQUIRES},
     entry_points={
         "console_scripts": [
             "grdnet-train=grdnet_tf.bin.train:run",

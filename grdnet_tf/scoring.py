@@ -259,7 +259,7 @@ def spatial_size(images):
 def _score_images_by_tiles(model, images, params, roi):
     """`score_working_image` over a batch of same-size images (working resolution)."""
     shape = tf.shape(images)
-    size = tiling.working_size(shape[1], shape[2], params.patch_scale, params.image_size)
+    size = tiling.working_size(*spatial_size(images), params.patch_scale, params.image_size)
     working = preprocess.model_input(images, size, params.channels)
     rois = (tf.ones(tf.concat([shape[:1], tf.stack(size)], 0)) if roi is None
             else preprocess.model_mask(roi, size))

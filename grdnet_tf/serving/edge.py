@@ -18,6 +18,8 @@ normalized_score, is_anomalous, anomaly_map, anomaly_mask, reconstruction.
   not cover (it would need the TF Select / flex runtime). With `representative` (uint8
   images) the model is post-training quantised to int8 (float fallback where an op has no
   int8 kernel; the uint8 input and float outputs stay).
+* A patch-mode run (``data.patch_scale > 0``) exports to ONNX (tiled, as grdnet-predict);
+  LiteRT refuses it (`check_litert`).
 * Neither has ``serve_bytes`` or ``serve_roi``: image decoding (DecodePng, DecodeJpeg,
   string tensors) has no ONNX or LiteRT builtin; decode on the device and feed pixels.
 """
@@ -26,6 +28,8 @@ import tempfile
 
 import numpy as np
 import tensorflow as tf
+
+from grdnet_tf.data import tiling
 
 FORMATS = ("onnx", "litert")
 FILENAMES = {"onnx": "model.onnx", "litert": "model.tflite"}
@@ -112,10 +116,15 @@ class LiteRTRunner:
         self.interpreter = interpreter.Interpreter(model_path=os.fspath(path),
                                                    num_threads=threads)
         self.runner = self.interpreter.get_signature_runner(SIGNATURE)
+        self.input_shape = tuple(int(v) for v in
+                                 self.runner.get_input_details()[INPUT_NAME]["shape"])
 
     def __call__(self, images):
-        return {k: np.asarray(v) for k, v in
-                self.runner(**{INPUT_NAME: np.asarray(images, np.uint8)}).items()}
+        images = np.asarray(images, np.uint8)
+        if images.shape != self.input_shape:
+            raise ValueError(f"this LiteRT model takes uint8 {list(self.input_shape)} images "
+                             f"(its export's --input_size), got {list(images.shape)}")
+        return {k: np.asarray(v) for k, v in self.runner(**{INPUT_NAME: images}).items()}
 
 
 def runner(export_format, path, threads=1):
@@ -126,6 +135,17 @@ def runner(export_format, path, threads=1):
 def default_input_size(params):
     """The LiteRT input size when none is given: the model input (whole-image mode)."""
     return tuple(int(v) for v in params.image_size)
+
+
+def check_litert(config):
+    """ValueError for a patch-mode run: its tiles are a `tf.map_fn` over the batch, whose
+    TensorList has no static element shape, which the LiteRT converter requires."""
+    if tiling.patch_mode(config):
+        raise ValueError(
+            f"--format=litert: the run is in patch mode (data.patch_scale="
+            f"{config.data.patch_scale}), whose tiled scoring does not convert to LiteRT "
+            f"(a map over the batch with dynamic tile shapes); export --format=onnx or "
+            f"saved_model, which tile as grdnet-predict does")
 
 
 def check_input_size(input_size, export_format):

@@ -331,10 +331,12 @@ def _writer(export_format, model, params, decision, input_size):
                                 input_size=input_size)
 
 
-def _check_format(export_format, input_size):
+def _check_format(export_format, input_size, config):
     if export_format not in EXPORT_FORMATS:
         raise ValueError(f"--format={export_format} must be one of "
                          f"{', '.join(EXPORT_FORMATS)}")
+    if export_format == "litert":
+        _edge().check_litert(config)
     if input_size is None:
         return None
     return _edge().check_input_size(input_size, export_format)
@@ -363,12 +365,12 @@ def export_run(model_dir, export_dir, version=None, overwrite=False, checkpoint=
     model_dir = os.path.abspath(model_dir)
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"--model_dir={model_dir} does not exist")
-    run_dir.load_run_config(model_dir)
+    config = run_dir.load_run_config(model_dir)
     run_dir.find_checkpoint(model_dir, checkpoint)
     calibration = run_dir.read_calibration(model_dir)
     threshold_value, _ = _resolve_threshold(threshold, calibration, model_dir)
     _resolve_decision(threshold_value, pixel_threshold, calibration)
-    _check_format(export_format, input_size)
+    _check_format(export_format, input_size, config)
     _check_version(os.path.abspath(export_dir), version, overwrite)
     loaded = run_dir.load_for_inference(model_dir, checkpoint)
     return export_model(loaded, export_dir, version=version, overwrite=overwrite,
@@ -389,7 +391,7 @@ def export_model(loaded, export_dir, version=None, overwrite=False, threshold=No
     threshold, threshold_source = _resolve_threshold(threshold, loaded.calibration,
                                                      model_dir)
     decision, pixel_source = _resolve_decision(threshold, pixel_threshold, loaded.calibration)
-    input_size = _check_format(export_format, input_size)
+    input_size = _check_format(export_format, input_size, loaded.config)
     version = _check_version(export_dir, version, overwrite)
     params = scoring.ScoringParams.from_run(loaded.config, loaded.calibration)
     write = _writer(export_format, loaded.model, params, decision, input_size)
