@@ -69,52 +69,6 @@ def test_threshold_scaled_puts_the_pixel_threshold_in_the_middle():
                                [0.0, 0.5, 0.25, 0.75, 1.0], atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def evaluated(tiny_run, demo_category, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("qa"))
-    return eval_lib.evaluate(tiny_run, demo_category, out, num_overlays=1), out
-
-
-def test_report_embeds_pictures_and_explains_metrics(evaluated):
-    result, out = evaluated
-    text = open(os.path.join(out, "report.md"), encoding="utf-8").read()
-    for picture in ("roc.png", "histogram.png", "gallery.png"):
-        assert f"]({picture})" in text
-        assert cv2.imread(os.path.join(out, picture)) is not None
-    for key in ("image_auroc", "image_f1_max", "false_alarm_rate"):
-        line = next(l for l in text.splitlines() if l.startswith(f"| {key} |"))
-        assert line.endswith(f"| {report.METRIC_HELP[key]} |")
-    # demo split: 12 images, 6 defective -> flagging all gives F1 2*0.5/1.5
-    assert "12 test images, 6 defective (50%)" in text
-    assert "flagging every image already gives F1 = 0.667" in text
-    assert f"pixel threshold of the defect masks: {result['pixel_threshold']:.4f}" in text
-    fp, fn = report.errors(*_labels_scores(out), result["threshold"])
-    assert (f"{len(fp)} false positive(s), {len(fn)} false negative(s)") in text
-
-
-def _labels_scores(out):
-    with open(os.path.join(out, "scores.csv")) as f:
-        rows = list(csv.DictReader(f))
-    return [int(r["label"]) for r in rows], [float(r["score"]) for r in rows]
-
-
-def test_panels_for_every_error_and_each_folders_top_image(evaluated):
-    result, out = evaluated
-    labels, scores = _labels_scores(out)
-    fp, fn = report.errors(labels, scores, result["threshold"])
-    panels = sorted(os.listdir(os.path.join(out, "panels")))
-    kinds = [p.split("_", 1)[0] for p in panels]
-    assert kinds.count("fp") == min(len(fp), report.MAX_PANELS)
-    assert kinds.count("fn") == min(len(fn), report.MAX_PANELS)
-    folders = set(result["folders"])
-    tops = {p.split("_", 2)[1] for p in panels if p.startswith("top_")}
-    assert tops <= folders and len(panels) >= len(folders)   # an error may be a folder's top
-    text = open(os.path.join(out, "report.md"), encoding="utf-8").read()
-    assert all(f"](panels/{p})" in text for p in panels)
-    picture = cv2.imread(os.path.join(out, "panels", panels[0]))
-    assert picture.shape[1] > 3 * picture.shape[0]        # four images side by side
-
-
 def test_panel_png_and_title(tmp_path):
     image = np.full((20, 30, 3), 100, np.uint8)
     amap = np.zeros((20, 30), np.float32)
