@@ -131,7 +131,7 @@ def write_pictures(output_dir, scorer, samples, scores, batch_size=8):
     for i, kind in sorted(chosen.items(), key=lambda kv: (kv[1], -scores[kv[0]])):
         n = native[i]
         sample = samples[i]
-        name = f"{kind}_{sample.defect}_{_name(sample.path)}.png"
+        name = f"{kind}_{_name(sample.path)}.png"   # _name: <folder>_<stem>
         title = plots.verdict_title(_name(sample.path), scores[i], decision.threshold,
                                     truth=sample.defect)
         plots.panel_png(os.path.join(panel_dir, name), n.scored.image, n.reconstruction,
