@@ -324,8 +324,6 @@ def _writer(export_format, model, params, decision, input_size):
                                                   signatures=functions)
     edge = _edge()
     write = {"onnx": edge.write_onnx, "litert": edge.write_litert}[export_format]
-    if export_format == "litert" and input_size is None:
-        input_size = edge.default_input_size(params)
     return lambda folder: write(model, params, decision,
                                 os.path.join(folder, edge.FILENAMES[export_format]),
                                 input_size=input_size)
@@ -355,7 +353,8 @@ def export_run(model_dir, export_dir, version=None, overwrite=False, checkpoint=
         checkpoint: "best" (falls back to latest), "latest" or a checkpoint path.
         threshold: overrides calibration.json; required when the run has none.
         pixel_threshold: overrides calibration.json's (default 0.5 for runs without one).
-        export_format: "saved_model" (TF Serving), "onnx" or "litert" (grdnet_tf/serving/edge.py).
+        export_format: "saved_model" (TF Serving), "onnx" or "litert"
+            (grdnet_tf/serving/edge.py).
         input_size: (h, w) fixed input of an ONNX / LiteRT export (LiteRT default: the
             model input size; ONNX default: free).
 
@@ -394,6 +393,8 @@ def export_model(loaded, export_dir, version=None, overwrite=False, threshold=No
     input_size = _check_format(export_format, input_size, loaded.config)
     version = _check_version(export_dir, version, overwrite)
     params = scoring.ScoringParams.from_run(loaded.config, loaded.calibration)
+    if export_format == "litert" and input_size is None:
+        input_size = _edge().default_input_size(params)
     write = _writer(export_format, loaded.model, params, decision, input_size)
     metadata = _metadata(loaded, params, decision, threshold_source, version, model_dir,
                          export_format, pixel_source, input_size)
