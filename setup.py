@@ -16,6 +16,14 @@ INSTALL_REQUIRES = [
     # NOT tensorflow-addons: end-of-life and broken on Keras 3 (see README).
 ]
 
+# grdnet-export --format=onnx|litert (grdnet_tf/serving/edge.py) and their runtimes.
+EDGE_REQUIRES = [
+    "tf2onnx==1.17.0",
+    "onnx==1.23.2",
+    "onnxruntime==1.31.1",
+    "ai-edge-litert==2.3.0",   # the LiteRT interpreter (tf.lite.Interpreter is deprecated)
+]
+
 setup(
     name="grdnet_tf",
     version="0.1.0",
@@ -31,7 +39,9 @@ setup(
     # tensorflow 2.21 has wheels up to 3.13. Tested on 3.11 (the lowest).
     python_requires=">=3.11,<3.14",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0"]},
+    extras_require={"edge": EDGE_REQUIRES,
+                    # the parity tests of the edge formats run in CI
+                    "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"] + EDGE_REQUIRES},
     entry_points={
         "console_scripts": [
             "grdnet-train=grdnet_tf.bin.train:run",

@@ -1,4 +1,12 @@
-"""Benchmark: the exported SavedModel's `serving_default` (latency, throughput, FLOP rate).
+"""Benchmark: the exported SavedModel's `serving_default` (latency, throughput, FLOP rate),
+and (--formats) every export format at batch 1 with the int8 LiteRT model's AUROC.
+
+    .venv/bin/python bench/serving.py --formats [--quality_run=RUN --quality_data=DIR]
+        -> bench/results/serving_formats.json: batch-1 latency of saved_model, onnx,
+           litert and litert_int8 on the config's model (random weights; 1 thread for
+           onnxruntime and LiteRT, TF's default pools for the SavedModel); with a trained
+           run and its category, the image AUROC of each format on the test split, the
+           int8 model calibrated on the run's training normals (train/good).
 
     .venv/bin/python bench/serving.py [--config=paper] [--calls=30] [--batches=8,32]
         [--xla] [--profile] [--wait_for_load=0]
@@ -212,8 +220,106 @@ def before_after(config, tmp, new_fn, size, rounds):
     return out
 
 
+def export_formats(run_path, tmp, size, representative):
+    """{format: callable(images=uint8 [1, h, w, 3]) -> outputs} of every export format (the
+    int8 LiteRT model calibrated on `representative`), and export seconds per format."""
+    from grdnet_tf.serving import edge
+
+    functions, seconds = {}, {}
+    for export_format in ("saved_model", "onnx", "litert"):
+        start = time.perf_counter()
+        version_dir = export_lib.export_run(run_path, os.path.join(tmp, "formats"),
+                                            export_format=export_format,
+                                            input_size=None if export_format != "litert"
+                                            else size)
+        seconds[export_format] = round(time.perf_counter() - start, 1)
+        if export_format == "saved_model":
+            functions[export_format] = tf.saved_model.load(version_dir).signatures[
+                "serving_default"]
+        else:
+            runner = edge.runner(export_format, os.path.join(
+                version_dir, edge.FILENAMES[export_format]))
+            functions[export_format] = lambda images, r=runner: r(np.asarray(images))
+    loaded = run_dir.load_for_inference(run_path)
+    params = scoring.ScoringParams.from_run(loaded.config, loaded.calibration)
+    path = os.path.join(tmp, "int8.tflite")
+    start = time.perf_counter()
+    edge.write_litert(loaded.model, params, scoring.Decision.from_run(loaded.calibration),
+                      path, size, representative=representative)
+    seconds["litert_int8"] = round(time.perf_counter() - start, 1)
+    int8 = edge.runner("litert", path)
+    functions["litert_int8"] = lambda images: int8(np.asarray(images))
+    sizes = {"litert_int8_mb": round(os.path.getsize(path) / 2 ** 20, 2)}
+    return functions, seconds, sizes
+
+
+def format_quality(run_path, data_dir, tmp):
+    """Image AUROC on the test split of every format (LiteRT at the first test image's
+    size; images of another size are counted and left out)."""
+    from grdnet_tf.data import io, mvtec
+    from grdnet_tf.evaluation import metrics as metrics_lib
+
+    samples = mvtec.index_test(data_dir)
+    images = [io.read_image(s.path, None, 3) for s in samples]
+    size = images[0].shape[:2]
+    keep = [i for i, image in enumerate(images) if image.shape[:2] == size]
+    config = run_dir.load_run_config(run_path)
+    train, _ = mvtec.index_train(data_dir, val_fraction=config.data.val_fraction,
+                                 seed=config.seed)
+    normals = [io.read_image(s.path, None, 3) for s in train[:64]]
+    normals = [n for n in normals if n.shape[:2] == size]
+    functions, seconds, sizes = export_formats(run_path, os.path.join(tmp, "quality"), size,
+                                               normals)
+    labels = [samples[i].label for i in keep]
+    out = {"data_dir": data_dir, "run": run_path, "test_images": len(keep),
+           "left_out_other_size": len(images) - len(keep), "input_size": list(size),
+           "int8_calibration_images": len(normals), "export_seconds": seconds, **sizes}
+    reference = None
+    for name, fn in functions.items():
+        scores = np.array([float(np.asarray(fn(images=tf.constant(images[i][None]))[
+            "anomaly_score"])[0]) for i in keep])
+        if reference is None:
+            reference = scores
+        out[name] = {"image_auroc": round(metrics_lib.image_auroc(labels, scores), 4),
+                     "max_abs_score_diff_vs_saved_model": float(np.abs(scores - reference).max())}
+    return out
+
+
+def formats_main(args, log):
+    """--formats: batch-1 latency of every format (+ AUROC with --quality_run)."""
+    config = flops.load_config(args.config)
+    size = tuple(config.data.image_size)
+    result = {"benchmark": "serving_formats", "config": args.config, "image_size": list(size),
+              **ceiling.cpu_info(), "tf_version": tf.__version__,
+              "load_average": ceiling.load_average(), "calls": args.calls}
+    with tempfile.TemporaryDirectory() as tmp:
+        make_run(config, os.path.join(tmp, "run"))
+        rng = np.random.default_rng(1)
+        representative = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(8)]
+        log("exporting every format (random weights)")
+        functions, seconds, sizes = export_formats(os.path.join(tmp, "run"), tmp, size,
+                                                   representative)
+        result["export_seconds"] = seconds
+        result.update(sizes)
+        images = random_images(1, size)
+        latencies = {}
+        for name, fn in functions.items():
+            log(f"batch 1 latency: {name}")
+            latencies[name] = latency(fn, images, args.calls)
+        result["batch1"] = latencies
+        result["load_average_end"] = ceiling.load_average()
+        if args.quality_run:
+            log("AUROC of every format on the trained run")
+            result["quality"] = format_quality(args.quality_run, args.quality_data, tmp)
+    ceiling.write_result("serving_formats", result)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--formats", action="store_true",
+                        help="only the per-format batch-1 latency (serving_formats.json)")
+    parser.add_argument("--quality_run", default="", help="--formats: a trained run ...")
+    parser.add_argument("--quality_data", default="", help="... and its category folder")
     parser.add_argument("--config", default="paper")
     parser.add_argument("--calls", type=int, default=30, help="batch-1 latency calls")
     parser.add_argument("--batches", default="8,32", help="throughput batch sizes")
@@ -232,6 +338,9 @@ def main():
               file=sys.stderr, flush=True)
 
     waited = ceiling.wait_for_load(args.wait_for_load, log=log)
+    if args.formats:
+        formats_main(args, log)
+        return
     config = flops.load_config(args.config)
     size = tuple(config.data.image_size)
     batches = [int(b) for b in args.batches.split(",")]

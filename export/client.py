@@ -6,9 +6,13 @@
 
 Standard library only. Each file is sent as its own request to the ``serve_bytes``
 signature (images of one request must share a size), so files of any size can be mixed.
-Prints one tab-separated line per file (path, anomaly score, is_anomalous) and writes the
-heatmap overlay returned by the model to ``<heatmap_dir>/<file stem>_heatmap.png``.
-Exit status 1 when any file failed (the server's error message is printed).
+Prints one tab-separated line per file (path, anomaly score, normalised score,
+is_anomalous, heatmap) and writes the heatmap overlay returned by the model to
+``<heatmap_dir>/<path relative to the files' common folder, without extension>_heatmap.png``
+(``cut/000.png`` and ``good/000.png`` -> ``cut/000_heatmap.png``, ``good/000_heatmap.png``).
+Two files that would write one heatmap (``a.png`` and ``a.jpg``) are refused before any
+request. Exit status 1 when any file failed (the server's error message is printed), 2 on
+such a collision.
 """
 import argparse
 import base64
@@ -50,21 +54,40 @@ def post_json(url, payload, timeout):
         raise RuntimeError(f"HTTP {e.code}: {message}") from None
 
 
-def score_file(path, url, heatmap_dir, timeout):
-    """Sends one file; returns (score, is_anomalous, heatmap path or None)."""
+def heatmap_paths(files, heatmap_dir):
+    """{file: heatmap path} keeping each file's path relative to the files' common folder;
+    ValueError naming both files when two would write the same heatmap."""
+    folders = [os.path.dirname(os.path.abspath(f)) for f in files]
+    root = os.path.commonpath(folders) if folders else ""
+    paths, owners = {}, {}
+    for path in files:
+        relative = os.path.relpath(os.path.abspath(path), root)
+        target = os.path.join(heatmap_dir, os.path.splitext(relative)[0] + "_heatmap.png")
+        if target in owners and owners[target] != path:
+            raise ValueError(f"{owners[target]} and {path} would both write {target}")
+        owners[target] = path
+        paths[path] = target
+    return paths
+
+
+def score_file(path, url, heatmap_path, timeout):
+    """Sends one file; returns (score, normalised score or None, is_anomalous, heatmap path
+    or None)."""
     with open(path, "rb") as f:
         response = post_json(url, build_request(f.read()), timeout)
     prediction = response["predictions"][0]
-    heatmap_path = None
-    if heatmap_dir and "heatmap_png_bytes" in prediction:
+    written = None
+    if heatmap_path and "heatmap_png_bytes" in prediction:
         # TF Serving returns string outputs whose name ends in "_bytes" as {"b64": ...}.
         png = base64.b64decode(prediction["heatmap_png_bytes"]["b64"])
-        os.makedirs(heatmap_dir, exist_ok=True)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        heatmap_path = os.path.join(heatmap_dir, f"{stem}_heatmap.png")
+        os.makedirs(os.path.dirname(heatmap_path) or ".", exist_ok=True)
         with open(heatmap_path, "wb") as f:
             f.write(png)
-    return float(prediction["anomaly_score"]), bool(prediction["is_anomalous"]), heatmap_path
+        written = heatmap_path
+    normalized = prediction.get("normalized_score")
+    return (float(prediction["anomaly_score"]),
+            None if normalized is None else float(normalized),
+            bool(prediction["is_anomalous"]), written)
 
 
 def main(argv=None):
@@ -82,16 +105,23 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     url = predict_url(args.server, args.model, args.version)
+    try:
+        heatmaps = heatmap_paths(args.files, args.heatmap_dir) if args.heatmap_dir else {}
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     failed = 0
-    print("path\tanomaly_score\tis_anomalous\theatmap")
+    print("path\tanomaly_score\tnormalized_score\tis_anomalous\theatmap")
     for path in args.files:
         try:
-            score, anomalous, heatmap = score_file(path, url, args.heatmap_dir, args.timeout)
+            score, normalized, anomalous, heatmap = score_file(
+                path, url, heatmaps.get(path), args.timeout)
         except (OSError, RuntimeError, KeyError, ValueError) as e:
             failed += 1
             print(f"{path}\terror: {e}", file=sys.stderr)
             continue
-        print(f"{path}\t{score:.6f}\t{anomalous}\t{heatmap or ''}")
+        normalized = "" if normalized is None else f"{normalized:.6f}"
+        print(f"{path}\t{score:.6f}\t{normalized}\t{anomalous}\t{heatmap or ''}")
     return 1 if failed else 0
 
 

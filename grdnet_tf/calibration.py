@@ -16,8 +16,12 @@ threshold still comes from whole tiled validation images):
 `select_kernel` scores the set once per candidate window (the raw maps are computed once;
 only the pooling differs) and keeps the window with the best image AUROC; ties go to the
 window closest to the paper's 21 at 256 px. The threshold is then a quantile of the clean
-normals' scores with that window. Everything chosen is written to ``calibration.json``
-and used by evaluation, prediction and every export.
+normals' scores with that window. The pixel threshold of the defect mask is the pixel
+F1-max of the smoothed maps of the whole set (clean normals all 0, each synthetic draw
+against its mask inside the ROI), unless ``scoring.pixel_threshold`` gives one. The span of
+the normalised score (`scoring.Decision`) is the min and max image score over the set and
+the clean normals. Everything chosen is written to ``calibration.json`` and used by
+evaluation, prediction and every export.
 """
 import dataclasses
 import math
@@ -29,6 +33,7 @@ from sklearn import metrics as skm
 
 from grdnet_tf import keys, scoring
 from grdnet_tf.data import pipeline, preprocess, tiling
+from grdnet_tf.evaluation import metrics as metrics_lib
 
 CALIBRATION_STREAM = 3  # a seed stream of its own (train 0, validation 1, shuffle 2)
 
@@ -55,10 +60,18 @@ class CalibrationSet:
         clean_maps: float32 [N, H, W] of the clean validation images (patch mode: patches).
         synthetic_maps: float32 [M, H, W] of the synthetic draws kept.
         synthetic_labels: int [M], 1 = anomaly inside the ROI, 0 = outside only.
+        synthetic_masks: uint8 [M, H, W] {0, 1}: each draw's anomaly mask inside its ROI.
     """
     clean_maps: np.ndarray
     synthetic_maps: np.ndarray
     synthetic_labels: np.ndarray
+    synthetic_masks: np.ndarray = None
+
+    @property
+    def masks(self):
+        """Pixel ground truth [N + M, H, W] of `maps` (clean normals all 0)."""
+        return np.concatenate([np.zeros(self.clean_maps.shape, np.uint8),
+                               self.synthetic_masks])
 
     @property
     def maps(self):
@@ -87,22 +100,26 @@ def calibration_set(model, config, val_cache, texture_cache=None, repeats=4, bat
                                              stream=CALIBRATION_STREAM)
     clean = np.concatenate([raw_maps(model, batch[keys.IMAGE], batch_size)
                             for batch in first_pass])
-    maps, labels = [], []
+    maps, labels, masks = [], [], []
     for batch in ds:
         mask = batch[keys.MASK].numpy()
-        inside = (mask * batch[keys.ROI].numpy()).reshape(len(mask), -1).max(axis=1) > 0
+        target = (mask * batch[keys.ROI].numpy())[..., 0] > 0
+        inside = target.reshape(len(mask), -1).max(axis=1)
         has_anomaly = mask.reshape(len(mask), -1).max(axis=1) > 0
         if not has_anomaly.any():
             continue
         out = model(batch[keys.PERTURBED], training=False)[keys.RAW_ANOMALY_MAP].numpy()
         maps.append(out[has_anomaly])
         labels.append(inside[has_anomaly].astype(np.int64))
+        masks.append(target[has_anomaly].astype(np.uint8))
     height, width = config.data.image_size
     return CalibrationSet(
         clean_maps=clean,
         synthetic_maps=np.concatenate(maps) if maps else np.zeros((0, height, width),
                                                                   np.float32),
-        synthetic_labels=np.concatenate(labels) if labels else np.zeros((0,), np.int64))
+        synthetic_labels=np.concatenate(labels) if labels else np.zeros((0,), np.int64),
+        synthetic_masks=np.concatenate(masks) if masks else np.zeros((0, height, width),
+                                                                     np.uint8))
 
 
 def image_scores(maps, kernel, batch_size=64):
@@ -149,35 +166,62 @@ def select_kernel(cal_set, candidates, reference):
     return min(winners, key=lambda k: (abs(k - reference), k)), aurocs
 
 
+def smoothed_maps(maps, kernel, batch_size=64):
+    """`scoring.smooth` of raw maps [N, H, W] (numpy in, numpy out)."""
+    out = [scoring.smooth(tf.constant(maps[start:start + batch_size]), kernel).numpy()
+           for start in range(0, len(maps), batch_size)]
+    return np.concatenate(out) if out else np.zeros(maps.shape, np.float32)
+
+
+def pixel_threshold(cal_set, kernel):
+    """(threshold, F1) of the defect mask: the pixel F1-max of `cal_set`'s smoothed maps
+    against its masks; (`scoring.DEFAULT_PIXEL_THRESHOLD`, None) without synthetic anomalies
+    inside the ROI."""
+    if not cal_set.synthetic_masks.any():
+        return scoring.DEFAULT_PIXEL_THRESHOLD, None
+    f1, threshold = metrics_lib.pixel_f1_max(list(cal_set.masks),
+                                             list(smoothed_maps(cal_set.maps, kernel)))
+    return float(threshold), f1
+
+
 def calibrate(model, config, val_cache, texture_cache=None, log_fn=None):
-    """Chooses the smoothing window (per `scoring.smoothing_kernel`) and the threshold.
+    """Chooses the smoothing window (per `scoring.smoothing_kernel`), the image threshold,
+    the pixel threshold (per `scoring.pixel_threshold`) and the normalised score's span.
 
     Returns the ``calibration.json`` payload: threshold, quantile, smoothing_kernel and how
     it was chosen, the candidates' validation AUROCs, the number of normals and synthetic
-    anomalies, and the clean normals' scores.
+    anomalies, the clean normals' scores, pixel_threshold (source, validation F1) and
+    normalization (min, max).
     """
     if len(val_cache) == 0:
         raise ValueError("cannot calibrate a threshold: the validation split is empty")
     image_size = tuple(config.data.image_size)
     reference = scoring.paper_kernel(image_size)
     explicit = int(config.scoring.smoothing_kernel)
+    explicit_pixel = float(config.scoring.pixel_threshold)
+    selecting = not explicit and config.scoring.smoothing_auto != "image_size"
     aurocs, cal_set = {}, None
-    if explicit:
-        kernel, source = explicit, "config"
-    elif config.scoring.smoothing_auto == "image_size":
-        kernel, source = reference, "image_size"
-    else:
-        candidates = scoring.candidate_kernels(image_size, config.scoring.smoothing_candidates)
+    if selecting or not explicit_pixel:
         if log_fn:
             repeats = int(config.scoring.calibration_repeats)
             log_fn(f"calibration: scoring {len(val_cache)} validation images and {repeats} "
-                   f"synthetic anomalies of each to choose the smoothing window among "
-                   f"{', '.join(map(str, candidates))}, then the threshold")
+                   "synthetic anomalies of each"
+                   + (" to choose the smoothing window among " + ", ".join(
+                       map(str, scoring.candidate_kernels(
+                           image_size, config.scoring.smoothing_candidates))) + ","
+                      if selecting else "")
+                   + " then the thresholds")
         cal_set = calibration_set(model, config, val_cache, texture_cache,
                                   repeats=int(config.scoring.calibration_repeats))
+    if explicit:
+        kernel, source = explicit, "config"
+    elif not selecting:
+        kernel, source = reference, "image_size"
+    else:
+        candidates = scoring.candidate_kernels(image_size, config.scoring.smoothing_candidates)
         kernel, aurocs = select_kernel(cal_set, candidates, reference)
         source = "validation" if any(v is not None for v in aurocs.values()) else "image_size"
-    if cal_set is not None and not tiling.patch_mode(config):
+    if selecting and not tiling.patch_mode(config):
         clean_maps = cal_set.clean_maps
     else:
         clean_maps = normal_maps(model, config, val_cache)
@@ -195,6 +239,7 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None):
     if warning:
         result["warning"] = warning
         logging.warning("calibration: %s", warning)
+    result.update(_pixel_and_span(cal_set, kernel, explicit_pixel, scores))
     if cal_set is not None:
         result["num_synthetic_anomalies"] = int(cal_set.synthetic_labels.sum())
         result["num_synthetic_outside_roi"] = int((cal_set.synthetic_labels == 0).sum())
@@ -204,5 +249,23 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None):
                       f"{k}: {'n/a' if v is None else f'{v:.3f}'}" for k, v in aurocs.items())
                      if aurocs else "") + ")")
         log_fn(f"calibration: {chosen}; threshold {threshold:.4f} = quantile {quantile} of "
-               f"{len(scores)} validation normals")
+               f"{len(scores)} validation normals; pixel threshold "
+               f"{result['pixel_threshold']:.4f} ({result['pixel_threshold_source']})")
     return result
+
+
+def _pixel_and_span(cal_set, kernel, explicit_pixel, normal_scores):
+    """calibration.json entries of the defect mask and of the normalised score."""
+    if explicit_pixel:
+        value, f1, source = explicit_pixel, None, "config"
+    else:
+        value, f1 = pixel_threshold(cal_set, kernel)
+        source = "validation_f1" if f1 is not None else "default"
+    scores = list(normal_scores)
+    if cal_set is not None:
+        scores += image_scores(cal_set.maps, kernel).tolist()
+    return {"pixel_threshold": value, "pixel_threshold_source": source,
+            "pixel_f1_validation": f1,
+            "normalization": {"min": float(np.min(scores)), "max": float(np.max(scores)),
+                              "source": "calibration set" if cal_set is not None
+                              else "validation normals"}}

@@ -52,7 +52,7 @@ POSITIVE_INT = (
 UNIT_INTERVAL = (
     "synthesis.anomaly_prob", "synthesis.beta_min", "synthesis.beta_max",
     "synthesis.colour_smooth_prob", "data.val_fraction", "scoring.threshold_quantile",
-    "data.folder.normal_test_fraction",
+    "data.folder.normal_test_fraction", "scoring.pixel_threshold",
 )
 
 
@@ -230,6 +230,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.scoring.smoothing_candidates = (1, 5, 11, 21, 41, 61)
     c.scoring.calibration_repeats = 4  # synthetic draws per validation image for "validation"
     c.scoring.threshold_quantile = 0.99  # quantile of validation-normal scores: the threshold
+    # Pixel threshold of the defect mask (anomaly_mask = smoothed map > it). 0 (default) =
+    # calibrated: the pixel F1-max of the smoothed maps of validation normals and synthetic
+    # anomalies against their masks (grdnet_tf/calibration.py); a value in (0, 1) is used as is.
+    c.scoring.pixel_threshold = 0.0
     return c
 
 def get_value(config, dotted):

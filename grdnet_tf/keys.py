@@ -3,7 +3,7 @@
 Training elements (from ``grdnet_tf.data``) carry IMAGE, PERTURBED, MASK and ROI;
 ``GRDNet.call`` returns RECONSTRUCTION and RAW_ANOMALY_MAP; scored outputs (from
 ``grdnet_tf.scoring``, also the SavedModel's output names) carry RECONSTRUCTION, ANOMALY_MAP,
-ANOMALY_SCORE and IS_ANOMALOUS.
+ANOMALY_SCORE, IS_ANOMALOUS, ANOMALY_MASK and NORMALIZED_SCORE.
 """
 
 IMAGE = "image"                  # X: clean normal image, float32 [B, H, W, C] in [0, 1]
@@ -19,3 +19,5 @@ RAW_ANOMALY_MAP = "raw_anomaly_map"  # segmentator output A, float32 [B, H, W] i
 ANOMALY_MAP = "anomaly_map"        # A after ROI masking and smoothing (scoring), like A
 ANOMALY_SCORE = "anomaly_score"    # image score, float32 [B]
 IS_ANOMALOUS = "is_anomalous"      # bool [B]
+ANOMALY_MASK = "anomaly_mask"      # uint8 [B, h, w] in {0, 1}: ANOMALY_MAP > pixel threshold
+NORMALIZED_SCORE = "normalized_score"  # float32 [B] in [0, 1], image threshold at 0.5

@@ -40,6 +40,10 @@ class Scorer:
         self.channels = self.params.channels
         self.kernel = self.params.kernel
         self.threshold = run.threshold if threshold is None else float(threshold)
+        # Pixel threshold and normalised-score span (scoring.Decision), None without an
+        # image threshold.
+        self.decision = (None if self.threshold is None else
+                         scoring.Decision.from_run(run.calibration, self.threshold))
         self.use_roi = use_roi
         self.patches = self.params.patch_scale > 0
         self._score = tf.function(self._score_model_inputs, reduce_retracing=True)
@@ -81,6 +85,7 @@ class Scored:
     anomaly_score: float
     sample: object = None
     raw_map: np.ndarray = None  # float32 [H, W], the segmentator map before smoothing
+    reconstruction: np.ndarray = None  # float32 [H, W, C] in [0, 1] (model resolution)
 
 
 def iter_scored(scorer, items, batch_size=8, skip_bad_files=False):
@@ -95,10 +100,10 @@ def iter_scored(scorer, items, batch_size=8, skip_bad_files=False):
         images = [b[1] for b in batch]
         rois = [b[2] for b in batch]
         out = scorer.score_batch(images, rois)
-        for (item, _, _, native), amap, raw, score in zip(
+        for (item, _, _, native), amap, raw, score, rec in zip(
                 batch, out[keys.ANOMALY_MAP], out[keys.RAW_ANOMALY_MAP],
-                out[keys.ANOMALY_SCORE]):
-            yield _scored(item, native, amap, raw, score)
+                out[keys.ANOMALY_SCORE], out[keys.RECONSTRUCTION]):
+            yield _scored(item, native, amap, raw, score, rec)
         batch.clear()
 
     for item in items:
@@ -119,7 +124,7 @@ def iter_scored(scorer, items, batch_size=8, skip_bad_files=False):
         if scorer.patches:  # one working-size image at a time
             out = scorer.score_working(inputs, roi)
             yield _scored(item, native, out[keys.ANOMALY_MAP], out[keys.RAW_ANOMALY_MAP],
-                          out[keys.ANOMALY_SCORE])
+                          out[keys.ANOMALY_SCORE], out[keys.RECONSTRUCTION])
             continue
         batch.append((item, inputs, roi, native))
         if len(batch) == batch_size:
@@ -129,10 +134,11 @@ def iter_scored(scorer, items, batch_size=8, skip_bad_files=False):
     roi_notes.warn()
 
 
-def _scored(item, native, anomaly_map, raw_map, score):
+def _scored(item, native, anomaly_map, raw_map, score, reconstruction):
     sample = item if isinstance(item, mvtec.Sample) else None
     return Scored(path=item.path if sample else item, image=native, anomaly_map=anomaly_map,
-                  anomaly_score=float(score), sample=sample, raw_map=raw_map)
+                  anomaly_score=float(score), sample=sample, raw_map=raw_map,
+                  reconstruction=reconstruction)
 
 
 @dataclasses.dataclass

@@ -14,6 +14,11 @@ Pipeline (docs/method.md §5), all TensorFlow ops so it runs inside a SavedModel
     -> image score = max of the smoothed map (at model resolution)
     -> maps and reconstructions resized back to the input resolution
     -> is_anomalous = score > threshold (calibrated on validation normals)
+    -> anomaly_mask = map > pixel threshold (calibrated on validation normals and synthetic
+       anomalies: the pixel F1-max), uint8 {0, 1} at the input resolution
+    -> normalised_score = clip((score - threshold) / (max - min) + 0.5, 0, 1), min and max
+       of the calibration set's image scores: the image threshold maps to 0.5 (anomalib's
+       min-max normalisation); it only rescales, the verdict is the same
 
 The window k is `ScoringParams.kernel`: the config's explicit window, else the one
 calibrated for the model (calibration.json), else the paper's 21 scaled to the input size.
@@ -97,6 +102,53 @@ class ScoringParams:
                    patch_stride=tiling.patch_stride(config) if patches else 0)
 
 
+DEFAULT_PIXEL_THRESHOLD = 0.5   # the segmentator's own decision boundary (sigmoid output)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What turns scores and maps into verdicts (what an export records next to
+    `ScoringParams`).
+
+    Args:
+        threshold: image threshold, score > threshold is anomalous.
+        pixel_threshold: map > pixel_threshold is in the defect mask.
+        score_min, score_max: the span of the normalised score (score_min < score_max).
+    """
+    threshold: float
+    pixel_threshold: float = DEFAULT_PIXEL_THRESHOLD
+    score_min: float = 0.0
+    score_max: float = 1.0
+
+    @classmethod
+    def from_run(cls, calibration, threshold=None, pixel_threshold=None):
+        """The run's decision: explicit values win over ``calibration.json``; a run
+        calibrated before pixel thresholds gets `DEFAULT_PIXEL_THRESHOLD` and the span of a
+        [0, 1] map (0, 1)."""
+        calibration = calibration or {}
+        if threshold is None:
+            threshold = calibration.get("threshold")
+        if threshold is None:
+            raise ValueError("no image threshold: the run has no calibration.json threshold "
+                             "and none was given")
+        if pixel_threshold is None:
+            pixel_threshold = calibration.get("pixel_threshold", DEFAULT_PIXEL_THRESHOLD)
+        span = calibration.get("normalization") or {}
+        return cls(threshold=float(threshold), pixel_threshold=float(pixel_threshold),
+                   score_min=float(span.get("min", 0.0)), score_max=float(span.get("max", 1.0)))
+
+    def normalize(self, score):
+        """Normalised score in [0, 1] (numpy or TF input, TF output); threshold -> 0.5."""
+        span = max(self.score_max - self.score_min, 1e-12)
+        score = tf.convert_to_tensor(score, tf.float32)
+        return tf.clip_by_value((score - self.threshold) / span + 0.5, 0.0, 1.0)
+
+    def mask(self, anomaly_map):
+        """Defect mask uint8 {0, 1} of a map (numpy or TF input, TF output)."""
+        anomaly_map = tf.convert_to_tensor(anomaly_map, tf.float32)
+        return tf.cast(anomaly_map > self.pixel_threshold, tf.uint8)
+
+
 def resolve_kernel(config, calibration=None):
     """The smoothing window: `scoring.smoothing_kernel` when set (> 0), else the window in
     `calibration` (calibration.json), else `paper_kernel` of data.image_size."""
@@ -164,14 +216,17 @@ def score_images(model, images, params, threshold, roi=None):
     Args:
         model: a GRDNet (or anything with the same `call` contract).
         images: uint8 or float [B, h, w, 1|3].
-        params: `ScoringParams`; threshold: float (scores above it are anomalous).
+        params: `ScoringParams`; threshold: a `Decision`, or a float image threshold
+            (scores above it are anomalous) with the default pixel threshold and span.
         roi: optional [B, h, w] (or [B, h, w, 1]) mask at the input resolution.
 
     Returns dict: RECONSTRUCTION float32 [B, h, w, C] in [0, 1], ANOMALY_MAP float32
-    [B, h, w] in [0, 1], ANOMALY_SCORE float32 [B], IS_ANOMALOUS bool [B].
+    [B, h, w] in [0, 1], ANOMALY_SCORE float32 [B], IS_ANOMALOUS bool [B], ANOMALY_MASK
+    uint8 [B, h, w] in {0, 1}, NORMALIZED_SCORE float32 [B] in [0, 1].
     """
+    decision = threshold if isinstance(threshold, Decision) else Decision(float(threshold))
     images = tf.convert_to_tensor(images)
-    input_size = tf.shape(images)[1:3]
+    input_size = spatial_size(images)
     if params.patch_scale > 0:
         out = _score_images_by_tiles(model, images, params, roi)
     else:
@@ -182,18 +237,29 @@ def score_images(model, images, params, threshold, roi=None):
     anomaly_map = preprocess.resize(out[keys.ANOMALY_MAP][..., tf.newaxis], input_size)[..., 0]
     reconstruction = preprocess.resize(out[keys.RECONSTRUCTION], input_size)
     score = out[keys.ANOMALY_SCORE]
+    anomaly_map = tf.clip_by_value(anomaly_map, 0.0, 1.0)
     return {
         keys.RECONSTRUCTION: tf.clip_by_value(reconstruction, 0.0, 1.0),
-        keys.ANOMALY_MAP: tf.clip_by_value(anomaly_map, 0.0, 1.0),
+        keys.ANOMALY_MAP: anomaly_map,
         keys.ANOMALY_SCORE: score,
-        keys.IS_ANOMALOUS: score > tf.cast(threshold, score.dtype),
+        keys.IS_ANOMALOUS: score > tf.cast(decision.threshold, score.dtype),
+        keys.ANOMALY_MASK: decision.mask(anomaly_map),
+        keys.NORMALIZED_SCORE: decision.normalize(score),
     }
+
+
+def spatial_size(images):
+    """(h, w) of [B, h, w, C] images: Python ints where the shape is static (a fixed-size
+    edge export then folds every resize weight into a constant), else scalar tensors."""
+    shape = tf.shape(images)
+    return tuple(shape[axis] if images.shape[axis] is None else int(images.shape[axis])
+                 for axis in (1, 2))
 
 
 def _score_images_by_tiles(model, images, params, roi):
     """`score_working_image` over a batch of same-size images (working resolution)."""
     shape = tf.shape(images)
-    size = tiling.working_size(shape[1], shape[2], params.patch_scale, params.image_size)
+    size = tiling.working_size(*spatial_size(images), params.patch_scale, params.image_size)
     working = preprocess.model_input(images, size, params.channels)
     rois = (tf.ones(tf.concat([shape[:1], tf.stack(size)], 0)) if roi is None
             else preprocess.model_mask(roi, size))

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from grdnet_tf import keys, run_dir, run_scoring, scoring
 from grdnet_tf.data import io
-from grdnet_tf.evaluation import eval_lib
+from grdnet_tf.evaluation import eval_lib, report
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +195,46 @@ def test_tiled_scoring_stitches_by_averaging_overlaps():
                                          roi=roi)[keys.ANOMALY_SCORE]
     # Inside the ROI (columns 0-2) the largest value is column 2: windows x=0 and x=2.
     assert float(masked) == pytest.approx((0.25 + 0.5) / 2, abs=1e-6)
+
+
+# Issue #13 item 1: the QA report of the same evaluation.
+
+def test_report_embeds_pictures_and_explains_metrics(evaluated):
+    result, out = evaluated
+    text = open(os.path.join(out, "report.md"), encoding="utf-8").read()
+    for picture in ("roc.png", "histogram.png", "gallery.png"):
+        assert f"]({picture})" in text
+        assert cv2.imread(os.path.join(out, picture)) is not None
+    for key in ("image_auroc", "image_f1_max", "false_alarm_rate"):
+        line = next(l for l in text.splitlines() if l.startswith(f"| {key} |"))
+        assert line.endswith(f"| {report.METRIC_HELP[key]} |")
+    defective = sum(f["count"] for f in result["folders"].values() if f["label"])
+    share = defective / 12
+    assert f"12 test images, {defective} defective ({100 * share:.0f}%)" in text
+    assert f"flagging every image already gives F1 = {2 * share / (1 + share):.3f}" in text
+    assert f"pixel threshold of the defect masks: {result['pixel_threshold']:.4f}" in text
+    fp, fn = report.errors(*_labels_scores(out), result["threshold"])
+    assert (f"{len(fp)} false positive(s), {len(fn)} false negative(s)") in text
+
+
+def _labels_scores(out):
+    with open(os.path.join(out, "scores.csv")) as f:
+        rows = list(csv.DictReader(f))
+    return [int(r["label"]) for r in rows], [float(r["score"]) for r in rows]
+
+
+def test_panels_for_every_error_and_each_folders_top_image(evaluated):
+    result, out = evaluated
+    labels, scores = _labels_scores(out)
+    fp, fn = report.errors(labels, scores, result["threshold"])
+    panels = sorted(os.listdir(os.path.join(out, "panels")))
+    kinds = [p.split("_", 1)[0] for p in panels]
+    assert kinds.count("fp") == min(len(fp), report.MAX_PANELS)
+    assert kinds.count("fn") == min(len(fn), report.MAX_PANELS)
+    folders = set(result["folders"])
+    tops = {p.split("_", 2)[1] for p in panels if p.startswith("top_")}
+    assert tops <= folders and len(panels) >= len(folders)   # an error may be a folder's top
+    text = open(os.path.join(out, "report.md"), encoding="utf-8").read()
+    assert all(f"](panels/{p})" in text for p in panels)
+    picture = cv2.imread(os.path.join(out, "panels", panels[0]))
+    assert picture.shape[1] > 3 * picture.shape[0]        # four images side by side

@@ -31,7 +31,9 @@ ATOL = 1e-4
 OUTPUTS = {keys.ANOMALY_SCORE: ("float32", [-1]),
            keys.ANOMALY_MAP: ("float32", [-1, -1, -1]),
            keys.IS_ANOMALOUS: ("bool", [-1]),
-           keys.RECONSTRUCTION: ("uint8", [-1, -1, -1, 3])}
+           keys.RECONSTRUCTION: ("uint8", [-1, -1, -1, 3]),
+           keys.ANOMALY_MASK: ("uint8", [-1, -1, -1]),
+           keys.NORMALIZED_SCORE: ("float32", [-1])}
 SIGNATURES = {
     "serving_default": ({"images": ("uint8", [-1, -1, -1, 3])}, OUTPUTS),
     "serve_bytes": ({"image_bytes": ("string", [-1])},
@@ -118,6 +120,11 @@ def _assert_matches(got, want, threshold=THRESHOLD):
     clear = np.abs(want[keys.ANOMALY_SCORE] - threshold) > ATOL
     np.testing.assert_array_equal(got[keys.IS_ANOMALOUS][clear],
                                   want[keys.IS_ANOMALOUS][clear])
+    np.testing.assert_allclose(got[keys.NORMALIZED_SCORE], want[keys.NORMALIZED_SCORE],
+                               atol=ATOL)
+    # No pixel threshold in the tiny run's calibration.json: the default 0.5.
+    np.testing.assert_array_equal(got[keys.ANOMALY_MASK],
+                                  (got[keys.ANOMALY_MAP] > 0.5).astype(np.uint8))
 
 
 def _encode(image, ext):
@@ -398,10 +405,13 @@ def test_client_and_request_example(exported, saved_model, tmp_path):
     out = saved_model.signatures["serve_bytes"](image_bytes=tf.constant(data))
     assert out[keys.ANOMALY_MAP].shape == (1, 32, 32)
 
-    images = {"a.png": _images((1, 48, 40), 21)[0], "b.jpg": _images((1, 32, 64), 22)[0]}
+    # Same stem in two folders (issue #13 item 5): each keeps its own heatmap.
+    images = {"cut/000.png": _images((1, 48, 40), 21)[0],
+              "good/000.jpg": _images((1, 32, 64), 22)[0]}
     paths = []
     for name, image in images.items():
         paths.append(str(tmp_path / name))
+        os.makedirs(os.path.dirname(paths[-1]), exist_ok=True)
         with open(paths[-1], "wb") as f:
             f.write(_encode(image, os.path.splitext(name)[1]))
     paths.append(str(tmp_path / "broken.png"))
@@ -426,14 +436,25 @@ def test_client_and_request_example(exported, saved_model, tmp_path):
     assert "broken.png" in proc.stderr and "not a PNG, JPEG or BMP" in proc.stderr
     rows = [line.split("\t") for line in proc.stdout.strip().splitlines()[1:]]
     assert [row[0] for row in rows] == paths[:2]
-    for (path, score, anomalous, heatmap), name in zip(rows, images):
+    for (path, score, normalized, anomalous, heatmap), name in zip(rows, images):
         with open(path, "rb") as f:
             want = saved_model.signatures["serve_bytes"](image_bytes=tf.constant([f.read()]))
         assert abs(float(score) - float(want[keys.ANOMALY_SCORE][0])) < 1e-5
+        assert abs(float(normalized) - float(want[keys.NORMALIZED_SCORE][0])) < 1e-5
         assert anomalous == str(bool(want[keys.IS_ANOMALOUS][0]))
         assert heatmap == str(heatmaps / f"{os.path.splitext(name)[0]}_heatmap.png")
         png = cv2.imdecode(np.fromfile(heatmap, np.uint8), cv2.IMREAD_COLOR)
         assert png.shape == images[name].shape
+
+    # Two files that would write one heatmap are refused before any request.
+    twin = str(tmp_path / "cut" / "000.bmp")
+    shutil.copy(paths[0], twin)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "export", "client.py"), "--server",
+         "http://127.0.0.1:9", "--heatmap_dir", str(heatmaps), paths[0], twin],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert f"error: {paths[0]} and {twin} would both write" in proc.stderr
 
 
 def test_next_version_and_second_export(exported, tmp_path):

@@ -1,10 +1,13 @@
-"""grdnet-export: exports a trained run as a versioned SavedModel for TensorFlow Serving.
+"""grdnet-export: exports a trained run as a versioned SavedModel (TensorFlow Serving), ONNX
+or LiteRT (TFLite) model.
 
-    grdnet-export --model_dir=RUN --export_dir=BASE [--version=N] [--overwrite]
-                  [--checkpoint=best|latest|PATH] [--threshold=FLOAT]
+    grdnet-export --model_dir=RUN --export_dir=BASE [--format=saved_model|onnx|litert]
+                  [--version=N] [--overwrite] [--checkpoint=best|latest|PATH]
+                  [--threshold=FLOAT] [--pixel_threshold=FLOAT] [--input_size=H,W]
 
 Writes BASE/N/ (N: one more than the largest existing version, 1 for an empty BASE) and
-prints its path. See grdnet_tf/serving/export_lib.py and export/README.md.
+prints its path. See grdnet_tf/serving/export_lib.py, grdnet_tf/serving/edge.py and
+export/README.md.
 """
 from absl import flags
 
@@ -24,6 +27,14 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", "best",
                                   "best (falls back to latest), latest, or a path.")
 _THRESHOLD = flags.DEFINE_float("threshold", None,
                                 "Anomaly threshold; default: the run's calibration.json.")
+_PIXEL_THRESHOLD = flags.DEFINE_float(
+    "pixel_threshold", None, "Defect-mask threshold of the map; default: the run's "
+    "calibration.json (0.5 for runs calibrated without one).")
+_FORMAT = flags.DEFINE_enum("format", "saved_model", ["saved_model", "onnx", "litert"],
+                            "saved_model (TF Serving), onnx (onnxruntime) or litert (TFLite).")
+_INPUT_SIZE = flags.DEFINE_list(
+    "input_size", None, "HEIGHT,WIDTH of the fixed input of an onnx / litert export "
+    "(litert default: the model input size; onnx default: any size).")
 
 
 def main(argv):
@@ -34,10 +45,23 @@ def main(argv):
         # Bad flags or run directory: export_lib raises before anything is written.
         path = export_lib.export_run(_MODEL_DIR.value, _EXPORT_DIR.value,
                                      version=_VERSION.value, overwrite=_OVERWRITE.value,
-                                     checkpoint=_CHECKPOINT.value, threshold=_THRESHOLD.value)
+                                     checkpoint=_CHECKPOINT.value, threshold=_THRESHOLD.value,
+                                     pixel_threshold=_PIXEL_THRESHOLD.value,
+                                     export_format=_FORMAT.value,
+                                     input_size=_input_size())
     except common.USER_ERRORS as e:
         common.fail(str(e))
     print(path)
+
+
+def _input_size():
+    if _INPUT_SIZE.value is None:
+        return None
+    try:
+        return tuple(int(v) for v in _INPUT_SIZE.value)
+    except ValueError:
+        common.fail(f"--input_size={','.join(_INPUT_SIZE.value)} must be two positive "
+                    f"integers HEIGHT,WIDTH")
 
 
 def run():

@@ -63,7 +63,20 @@ def to_channels(images, channels):
 
 
 def axis_weights(in_length, out_length):
-    """[out_length, in_length] float32 resampling matrix of one axis (rows sum to 1)."""
+    """[out_length, in_length] float32 resampling matrix of one axis (rows sum to 1).
+
+    With both lengths Python ints (static shapes) the matrix is computed eagerly (the same
+    ops) and enters a traced graph as one constant: the LiteRT converter cannot fold the
+    float64 ops of a `tf.cond` branch, so a fixed-size edge export needs the constant.
+    """
+    if isinstance(in_length, int) and isinstance(out_length, int):
+        with tf.init_scope():
+            weights = _axis_weights(in_length, out_length).numpy()
+        return tf.constant(weights)
+    return _axis_weights(in_length, out_length)
+
+
+def _axis_weights(in_length, out_length):
     in_length = tf.cast(in_length, tf.int32)
     out_length = tf.cast(out_length, tf.int32)
     n_in = tf.cast(in_length, tf.float64)
@@ -98,8 +111,8 @@ def resize(images, size):
     images = tf.convert_to_tensor(images, tf.float32)
     shape = tf.shape(images)
     batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
-    rows = axis_weights(height, size[0])                                   # [H, h]
-    cols = axis_weights(width, size[1])                                    # [W, w]
+    rows = axis_weights(_static(images.shape[1], height), size[0])         # [H, h]
+    cols = axis_weights(_static(images.shape[2], width), size[1])          # [W, w]
     out_h, out_w = tf.shape(rows)[0], tf.shape(cols)[0]
     x = tf.reshape(tf.transpose(images, [1, 0, 2, 3]), [height, -1])       # [h, B w C]
     x = tf.reshape(tf.matmul(rows, x), [out_h, batch, width, channels])    # [H, B, w, C]
@@ -110,6 +123,11 @@ def resize(images, size):
     if isinstance(size[0], int) and isinstance(size[1], int):
         out = tf.ensure_shape(out, [None, size[0], size[1], images.shape[-1]])
     return out
+
+
+def _static(dim, dynamic):
+    """The static length `dim` when known, else the `dynamic` tensor."""
+    return dynamic if dim is None else int(dim)
 
 
 def model_input(images, image_size, channels):

@@ -29,7 +29,13 @@ def patch_stride(config):
 
 
 def working_size(height, width, scale, patch_size):
-    """(height, width) int32 of the working-scale image (see module docstring)."""
+    """(height, width) int32 of the working-scale image (see module docstring); Python ints
+    when height and width are (a fixed-size edge export: every resize weight a constant)."""
+    if isinstance(height, int) and isinstance(width, int):
+        factor = max(float(scale), float(patch_size[0]) / height, float(patch_size[1]) / width)
+        # round(): half to even, as tf.round
+        return (max(int(round(height * factor)), int(patch_size[0])),
+                max(int(round(width * factor)), int(patch_size[1])))
     h = tf.cast(height, tf.float64)
     w = tf.cast(width, tf.float64)
     factor = tf.maximum(tf.cast(scale, tf.float64),
@@ -83,7 +89,11 @@ def stitch(maps, offsets, size):
     patch_size = (maps.shape[1], maps.shape[2])
     indices = _pixel_indices(offsets, patch_size)
     shape = tf.stack([tf.cast(size[0], tf.int32), tf.cast(size[1], tf.int32)])
-    total = tf.scatter_nd(indices, maps, tf.concat([shape, tf.shape(maps)[3:]], 0))
-    count = tf.scatter_nd(indices, tf.ones(tf.shape(maps)[:3], maps.dtype), shape)  # adds up
+    # tensor_scatter_nd_add, not scatter_nd: both add overlapping updates in TF, but tf2onnx
+    # turns only this one into an adding ONNX ScatterND (scatter_nd's overwrites).
+    total = tf.tensor_scatter_nd_add(
+        tf.zeros(tf.concat([shape, tf.shape(maps)[3:]], 0), maps.dtype), indices, maps)
+    count = tf.tensor_scatter_nd_add(tf.zeros(shape, maps.dtype), indices,
+                                     tf.ones(tf.shape(maps)[:3], maps.dtype))
     count = tf.reshape(count, tf.concat([shape, tf.ones_like(tf.shape(maps)[3:])], 0))
     return total / tf.maximum(count, 1.0)

@@ -1,5 +1,8 @@
 """Evaluation and prediction of a trained run: metrics, report, plots, overlays, CSVs.
 
+The QA report (report.md, panels, error gallery, annotated ROC) is
+`grdnet_tf.evaluation.report`.
+
 Scoring (native-size images through the one scoring module, tiling, the metrics of a test
 split) is `grdnet_tf.run_scoring`; overlays are drawn at the image's native resolution.
 """
@@ -12,7 +15,7 @@ from absl import logging
 
 from grdnet_tf import progress, run_dir, run_scoring
 from grdnet_tf.data import io, preprocess
-from grdnet_tf.evaluation import plots
+from grdnet_tf.evaluation import plots, report
 
 
 def native_map(anomaly_map, shape):
@@ -35,42 +38,7 @@ def _safe_name(path):
     return "_".join(parts[-2:]).rsplit(".", 1)[0] + ".png"
 
 
-def _fmt(value, digits=4):
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def write_report(path, metrics, model_dir, data_dir, checkpoint):
-    lines = [
-        "# GRD-Net evaluation", "",
-        f"- run: `{model_dir}` (checkpoint `{checkpoint}`)",
-        f"- data: `{data_dir}`", f"- threshold: {_fmt(metrics.get('threshold'))}"
-        + (f" (quantile {metrics['threshold_quantile']} of {metrics['threshold_normals']} "
-           f"validation normals)" if metrics.get("threshold_normals") else
-           f" ({metrics.get('threshold_source', 'given')})"),
-        f"- smoothing window: {metrics.get('smoothing_kernel')} (image score = max of the "
-        f"smoothed map); pixel metrics on the raw segmentator map, `_smoothed` on the "
-        f"smoothed map", "",
-        "| metric | value |", "|---|---|",
-    ]
-    for key in ("image_auroc", "pixel_auroc", "aupro", "pixel_auroc_smoothed",
-                "aupro_smoothed", "image_f1_max", "pixel_f1_max", "pixel_auroc_roi",
-                "aupro_roi", "pixel_auroc_roi_smoothed", "false_alarm_rate", "tpr",
-                "precision", "accuracy"):
-        if key in metrics:
-            lines.append(f"| {key} | {_fmt(metrics[key])} |")
-    lines += ["", "| test folder | images | image AUROC vs good | flagged at threshold |",
-              "|---|---|---|---|"]
-    for folder, info in sorted(metrics["folders"].items()):
-        lines.append(f"| {folder} | {info['count']} | "
-                     f"{_fmt(metrics['per_defect_image_auroc'].get(folder))} | "
-                     f"{_fmt(info.get('flagged_rate'), 3)} |")
-    for note in metrics.get("notes", []):
-        lines.append(f"\nNote: {note}")
-    lines += ["", "Plots: `roc.png`, `histogram.png`; overlays in `overlays/`.", ""]
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
-    os.replace(tmp, path)
+_fmt = report.fmt
 
 
 def evaluate(model_dir, data_dir, output_dir, checkpoint="best", threshold=None,
@@ -93,19 +61,23 @@ def evaluate(model_dir, data_dir, output_dir, checkpoint="best", threshold=None,
         if run.calibration.get("warning"):
             result["notes"].append(run.calibration["warning"])
 
+    if scorer.decision is not None:
+        result.update(pixel_threshold=scorer.decision.pixel_threshold,
+                      pixel_threshold_source=(run.calibration or {}).get(
+                          "pixel_threshold_source", "default"))
+
     os.makedirs(output_dir, exist_ok=True)
     run_dir.write_json(os.path.join(output_dir, "metrics.json"), result)
     _write_scores_csv(os.path.join(output_dir, "scores.csv"), paths, defects, labels, scores,
                       scorer.threshold)
-    plots.roc_curve_png(labels, scores, os.path.join(output_dir, "roc.png"),
-                        title=f"image ROC (AUROC {_fmt(result['image_auroc'], 3)})")
+    pictures = report.write_pictures(output_dir, scorer, samples, scores, batch_size)
     plots.score_histogram_png(labels, scores, scorer.threshold,
                               os.path.join(output_dir, "histogram.png"),
                               title="image scores")
     _write_overlays(output_dir, samples_by_path={s.path: s for s in samples}, scorer=scorer,
                     paths=paths, scores=scores, count=num_overlays)
-    write_report(os.path.join(output_dir, "report.md"), result, model_dir, data_dir,
-                 run.checkpoint_path)
+    report.write_report(os.path.join(output_dir, "report.md"), result, model_dir, data_dir,
+                        run.checkpoint_path, pictures)
     log_fn(f"image AUROC {_fmt(result['image_auroc'])}, pixel AUROC "
            f"{_fmt(result['pixel_auroc'])}, AUPRO {_fmt(result['aupro'])}; "
            f"report {os.path.join(output_dir, 'report.md')}")
@@ -156,7 +128,9 @@ def expand_inputs(pattern):
 
 def predict(model_dir, inputs, output_dir, checkpoint="best", threshold=None, batch_size=8,
             overlays=True, skip_bad_files=False, log_fn=logging.info):
-    """Scores images and streams `predictions.csv` (path, score, is_anomalous) + overlays.
+    """Scores images and streams `predictions.csv` (path, score, is_anomalous,
+    normalized_score) + overlays (heatmaps/) + defect masks (masks/, PNG 0/255 at the
+    image's size: map > the calibrated pixel threshold, as the SavedModel's anomaly_mask).
 
     The CSV is written to a temporary file and renamed at the end, so an interrupted run
     never leaves a half-written predictions.csv.
@@ -169,25 +143,32 @@ def predict(model_dir, inputs, output_dir, checkpoint="best", threshold=None, ba
     paths = expand_inputs(inputs)
     os.makedirs(output_dir, exist_ok=True)
     overlay_dir = os.path.join(output_dir, "heatmaps")
+    mask_dir = os.path.join(output_dir, "masks")
     if overlays:
         os.makedirs(overlay_dir, exist_ok=True)
+        os.makedirs(mask_dir, exist_ok=True)
     csv_path = os.path.join(output_dir, "predictions.csv")
     tmp = csv_path + ".tmp"
     count = flagged = 0
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "score", "is_anomalous"])
+        writer.writerow(["path", "score", "is_anomalous", "normalized_score"])
         for scored in progress.counted(
                 run_scoring.iter_scored(scorer, paths, batch_size,
                                         skip_bad_files=skip_bad_files),
                 len(paths), "scoring images", log_fn):
             is_anomalous = scored.anomaly_score > scorer.threshold
-            writer.writerow([scored.path, f"{scored.anomaly_score:.6f}", int(is_anomalous)])
+            normalized = float(scorer.decision.normalize(scored.anomaly_score))
+            writer.writerow([scored.path, f"{scored.anomaly_score:.6f}", int(is_anomalous),
+                             f"{normalized:.6f}"])
             count += 1
             flagged += int(is_anomalous)
             if overlays:
                 plots.save_png(os.path.join(overlay_dir, _safe_name(scored.path)),
                                _overlay(scored))
+                native = native_map(scored.anomaly_map, scored.image.shape)
+                plots.save_png(os.path.join(mask_dir, _safe_name(scored.path)),
+                               scorer.decision.mask(native).numpy() * np.uint8(255))
     os.replace(tmp, csv_path)
     log_fn(f"scored {count} image(s), {flagged} anomalous at threshold "
            f"{scorer.threshold:.4f}: {csv_path}")

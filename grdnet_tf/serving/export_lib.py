@@ -25,7 +25,9 @@ Signatures (every input dimension except channels is None: any batch, any size):
 
   outputs          anomaly_score float32 [B], anomaly_map float32 [B, h, w] in [0, 1],
                    is_anomalous bool [B] (score > threshold), reconstruction uint8
-                   [B, h, w, 3]; serve_bytes adds heatmap_png_bytes string [B] (the map in
+                   [B, h, w, 3], anomaly_mask uint8 [B, h, w] in {0, 1} (map > pixel
+                   threshold), normalized_score float32 [B] in [0, 1] (threshold at 0.5);
+                   serve_bytes adds heatmap_png_bytes string [B] (the map in
                    ``heatmap.JET_LUT`` colours blended on the image, alpha 0.5, PNG).
 
 All scoring is ``grdnet_tf.scoring.score_images``: the exported outputs equal the in-process
@@ -43,7 +45,7 @@ import keras
 import tensorflow as tf
 
 from grdnet_tf import config as config_lib
-from grdnet_tf import heatmap, keys, run_dir, scoring
+from grdnet_tf import file_modes, heatmap, keys, run_dir, scoring
 
 METADATA_DIR = "assets.extra"          # TF Serving convention: not read by the server
 METADATA_JSON = "grdnet.json"
@@ -52,8 +54,12 @@ OLD_PREFIX = ".old-"                   # a replaced version, deleted after the s
 HEATMAP_ALPHA = heatmap.ALPHA          # as plots.overlay
 HEATMAP_PNG_BYTES = "heatmap_png_bytes"
 SIGNATURES = ("serving_default", "serve_bytes", "serve_roi")
+EXPORT_FORMATS = ("saved_model", "onnx", "litert")
 # Leading bytes of the formats serve_bytes accepts (what tf.io.decode_image sniffs too).
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM")
+
+OUTPUTS = (keys.ANOMALY_SCORE, keys.ANOMALY_MAP, keys.IS_ANOMALOUS, keys.RECONSTRUCTION,
+           keys.ANOMALY_MASK, keys.NORMALIZED_SCORE)
 
 IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
 IMAGE_BYTES_SPEC = tf.TensorSpec([None], tf.string, name="image_bytes")
@@ -127,24 +133,30 @@ def decode_images(image_bytes):
     return tf.ensure_shape(images, [None, None, None, 3])
 
 
+def outputs_of(model, params, decision, images, roi=None):
+    """The exported outputs of `scoring.score_images` (reconstruction as uint8 RGB); the
+    edge formats (grdnet_tf/serving/edge.py) return the same."""
+    out = scoring.score_images(model, images, params, decision, roi=roi)
+    out[keys.RECONSTRUCTION] = to_uint8_rgb(out[keys.RECONSTRUCTION])
+    return {key: out[key] for key in OUTPUTS}
+
+
 def serving_functions(model, params, threshold):
     """The three signature functions of the export, as tf.functions with None dimensions.
 
     Args:
         model: a restored GRDNet (only its inference `call` is traced).
         params: `scoring.ScoringParams` (model size, channels, window, patch mode).
-        threshold: float, score > threshold is anomalous.
+        threshold: `scoring.Decision` (or a float image threshold: score > threshold is
+            anomalous, default pixel threshold and span).
 
     Returns {signature name: tf.function}, serving_default first.
     """
-    threshold = float(threshold)
+    decision = (threshold if isinstance(threshold, scoring.Decision)
+                else scoring.Decision(float(threshold)))
 
     def outputs(images, roi=None):
-        out = scoring.score_images(model, images, params, threshold, roi=roi)
-        return {keys.ANOMALY_SCORE: out[keys.ANOMALY_SCORE],
-                keys.ANOMALY_MAP: out[keys.ANOMALY_MAP],
-                keys.IS_ANOMALOUS: out[keys.IS_ANOMALOUS],
-                keys.RECONSTRUCTION: to_uint8_rgb(out[keys.RECONSTRUCTION])}
+        return outputs_of(model, params, decision, images, roi)
 
     @tf.function(input_signature=[IMAGES_SPEC], autograph=False)
     def serve(images):
@@ -232,14 +244,34 @@ def _check_version(export_dir, version, overwrite):
     return version
 
 
-def _metadata(loaded, params, threshold, threshold_source, version, model_dir):
+def _resolve_decision(threshold, pixel_threshold, calibration):
+    """`scoring.Decision` of the export and the pixel threshold's source."""
+    if pixel_threshold is not None:
+        pixel_threshold = float(pixel_threshold)
+        if not 0.0 <= pixel_threshold < 1.0:
+            raise ValueError(f"--pixel_threshold={pixel_threshold} must lie in [0, 1)")
+        source = "flag"
+    else:
+        source = (calibration or {}).get("pixel_threshold_source", "default")
+    return scoring.Decision.from_run(calibration, threshold, pixel_threshold), source
+
+
+def _metadata(loaded, params, decision, threshold_source, version, model_dir,
+              export_format="saved_model", pixel_source="calibration", input_size=None):
     config = loaded.config
+    threshold = decision.threshold
     return {
-        "format": "grdnet_tf.savedmodel/1",
+        "format": f"grdnet_tf.{export_format.replace('_', '')}/1",
         "version": version,
-        "signatures": list(SIGNATURES),
+        "signatures": list(SIGNATURES) if export_format == "saved_model" else [],
+        "file": None if export_format == "saved_model" else _edge().FILENAMES[export_format],
+        "input_size": None if input_size is None else list(input_size),
+        "outputs": list(OUTPUTS),
         "threshold": threshold,
         "threshold_source": threshold_source,
+        "pixel_threshold": decision.pixel_threshold,
+        "pixel_threshold_source": pixel_source,
+        "normalization": {"min": decision.score_min, "max": decision.score_max},
         "calibration": loaded.calibration,
         "image_size": list(config.data.image_size),
         "channels": int(config.data.channels),
@@ -279,8 +311,38 @@ def _install(tmp_dir, final_dir, overwrite):
     shutil.rmtree(old_dir, ignore_errors=True)
 
 
+def _edge():
+    from grdnet_tf.serving import edge  # tf2onnx and LiteRT load only for those formats
+    return edge
+
+
+def _writer(export_format, model, params, decision, input_size):
+    """A function writing the model files of `export_format` into a version folder."""
+    if export_format == "saved_model":
+        functions = serving_functions(model, params, decision)
+        return lambda folder: tf.saved_model.save(inference_module(model), folder,
+                                                  signatures=functions)
+    edge = _edge()
+    write = {"onnx": edge.write_onnx, "litert": edge.write_litert}[export_format]
+    return lambda folder: write(model, params, decision,
+                                os.path.join(folder, edge.FILENAMES[export_format]),
+                                input_size=input_size)
+
+
+def _check_format(export_format, input_size, config):
+    if export_format not in EXPORT_FORMATS:
+        raise ValueError(f"--format={export_format} must be one of "
+                         f"{', '.join(EXPORT_FORMATS)}")
+    if export_format == "litert":
+        _edge().check_litert(config)
+    if input_size is None:
+        return None
+    return _edge().check_input_size(input_size, export_format)
+
+
 def export_run(model_dir, export_dir, version=None, overwrite=False, checkpoint="best",
-               threshold=None):
+               threshold=None, pixel_threshold=None, export_format="saved_model",
+               input_size=None):
     """Exports a trained run as ``<export_dir>/<version>`` and returns that path.
 
     Args:
@@ -290,6 +352,11 @@ def export_run(model_dir, export_dir, version=None, overwrite=False, checkpoint=
         overwrite: replace an existing version (otherwise FileExistsError).
         checkpoint: "best" (falls back to latest), "latest" or a checkpoint path.
         threshold: overrides calibration.json; required when the run has none.
+        pixel_threshold: overrides calibration.json's (default 0.5 for runs without one).
+        export_format: "saved_model" (TF Serving), "onnx" or "litert"
+            (grdnet_tf/serving/edge.py).
+        input_size: (h, w) fixed input of an ONNX / LiteRT export (LiteRT default: the
+            model input size; ONNX default: free).
 
     Flags are validated before the model is loaded and before anything is written; on any
     failure no version folder and no temporary folder is left behind.
@@ -297,34 +364,47 @@ def export_run(model_dir, export_dir, version=None, overwrite=False, checkpoint=
     model_dir = os.path.abspath(model_dir)
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"--model_dir={model_dir} does not exist")
-    run_dir.load_run_config(model_dir)
+    config = run_dir.load_run_config(model_dir)
     run_dir.find_checkpoint(model_dir, checkpoint)
-    _resolve_threshold(threshold, run_dir.read_calibration(model_dir), model_dir)
+    calibration = run_dir.read_calibration(model_dir)
+    threshold_value, _ = _resolve_threshold(threshold, calibration, model_dir)
+    _resolve_decision(threshold_value, pixel_threshold, calibration)
+    _check_format(export_format, input_size, config)
     _check_version(os.path.abspath(export_dir), version, overwrite)
     loaded = run_dir.load_for_inference(model_dir, checkpoint)
     return export_model(loaded, export_dir, version=version, overwrite=overwrite,
-                        threshold=threshold, model_dir=model_dir)
+                        threshold=threshold, model_dir=model_dir,
+                        pixel_threshold=pixel_threshold, export_format=export_format,
+                        input_size=input_size)
 
 
 def export_model(loaded, export_dir, version=None, overwrite=False, threshold=None,
-                 model_dir=""):
+                 model_dir="", pixel_threshold=None, export_format="saved_model",
+                 input_size=None):
     """Exports an already restored run (a ``run_dir.LoadedRun``); see export_run.
 
-    `threshold` overrides ``loaded.calibration``; `model_dir` is recorded in the metadata.
+    `threshold` and `pixel_threshold` override ``loaded.calibration``; `model_dir` is
+    recorded in the metadata.
     """
     export_dir = os.path.abspath(export_dir)
     threshold, threshold_source = _resolve_threshold(threshold, loaded.calibration,
                                                      model_dir)
+    decision, pixel_source = _resolve_decision(threshold, pixel_threshold, loaded.calibration)
+    input_size = _check_format(export_format, input_size, loaded.config)
     version = _check_version(export_dir, version, overwrite)
     params = scoring.ScoringParams.from_run(loaded.config, loaded.calibration)
-    functions = serving_functions(loaded.model, params, threshold)
-    metadata = _metadata(loaded, params, threshold, threshold_source, version, model_dir)
+    if export_format == "litert" and input_size is None:
+        input_size = _edge().default_input_size(params)
+    write = _writer(export_format, loaded.model, params, decision, input_size)
+    metadata = _metadata(loaded, params, decision, threshold_source, version, model_dir,
+                         export_format, pixel_source, input_size)
 
     os.makedirs(export_dir, exist_ok=True)
     final_dir = os.path.join(export_dir, str(version))
     tmp_dir = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{version}-", dir=export_dir)
     try:
-        tf.saved_model.save(inference_module(loaded.model), tmp_dir, signatures=functions)
+        file_modes.follow_umask(tmp_dir, directory=True)  # mkdtemp makes 0700
+        write(tmp_dir)
         _write_metadata(tmp_dir, metadata)
         _install(tmp_dir, final_dir, overwrite)
     except BaseException:
