@@ -153,12 +153,20 @@ def test_short_training_and_evaluation_console(demo_category, tmp_path):
     assert out.startswith("image AUROC ") and os.path.isfile(run / "eval" / "metrics.json")
 
 
-def _third_party_imports():
-    """Top-level modules grdnet_tf imports that are neither its own nor the stdlib."""
+# Modules whose third-party imports may come from the `edge` extra instead of the core
+# requirements (they import them lazily, with an install hint).
+EDGE_MODULES = ("serving/edge.py",)
+
+
+def _third_party_imports(edge=False):
+    """Top-level modules grdnet_tf imports that are neither its own nor the stdlib: those of
+    the EDGE_MODULES with ``edge``, of every other module without."""
     found = set()
     for root, _, files in os.walk(os.path.join(REPO_ROOT, "grdnet_tf")):
         for name in files:
-            if name.endswith(".py"):
+            relative = os.path.relpath(os.path.join(root, name),
+                                       os.path.join(REPO_ROOT, "grdnet_tf"))
+            if name.endswith(".py") and (relative in EDGE_MODULES) == edge:
                 with open(os.path.join(root, name), encoding="utf-8") as f:
                     tree = ast.parse(f.read())
                 for node in ast.walk(tree):
@@ -187,10 +195,16 @@ def test_wheel_ships_configs_and_declares_every_import(tmp_path):
     assert {f"grdnet_tf/configs/{n}.py" for n in ("cpu_small", "demo", "paper", "tiny")} \
         <= files
     assert "Requires-Python: >=3.11,<3.14" in metadata
-    required = {line.split(":", 1)[1].split("==")[0].strip().lower().replace("_", "-")
-                for line in metadata.splitlines()
-                if line.startswith("Requires-Dist:") and "extra ==" not in line}
+    def requirements(extra):
+        return {line.split(":", 1)[1].split("==")[0].strip().lower().replace("_", "-")
+                for line in metadata.splitlines() if line.startswith("Requires-Dist:")
+                and (f"extra == \"{extra}\"" in line if extra else "extra ==" not in line)}
+
+    required, edge = requirements(None), requirements("edge")
     distributions = importlib.metadata.packages_distributions()
-    for module in _third_party_imports():
-        names = {d.lower().replace("_", "-") for d in distributions.get(module, [])}
-        assert names & required, (module, names, required)
+    for modules, declared in ((_third_party_imports(), required),
+                              (_third_party_imports(edge=True), required | edge)):
+        for module in modules:
+            names = {d.lower().replace("_", "-") for d in distributions.get(module, [])}
+            assert names & declared, (module, names, declared)
+    assert {"tf2onnx", "onnxruntime", "ai-edge-litert"} <= edge

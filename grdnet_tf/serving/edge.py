@@ -23,6 +23,7 @@ normalized_score, is_anomalous, anomaly_map, anomaly_mask, reconstruction.
 * Neither has ``serve_bytes`` or ``serve_roi``: image decoding (DecodePng, DecodeJpeg,
   string tensors) has no ONNX or LiteRT builtin; decode on the device and feed pixels.
 """
+import importlib
 import os
 import tempfile
 
@@ -54,9 +55,19 @@ def tensor_function(model, params, decision, spec):
     return tf.function(serve, input_signature=[spec], autograph=False)
 
 
+def _edge_module(name, what):
+    """Imports an optional edge-format dependency (the `edge` extra of setup.py)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise ValueError(f"{what} needs the package {name.split('.')[0]}, which is not "
+                         "installed: pip install 'grdnet_tf[edge]' (or '.[edge]' in a "
+                         f"clone) ({e})") from None
+
+
 def write_onnx(model, params, decision, path, input_size=None):
     """Converts the scoring graph to ONNX at `path` (free batch and size by default)."""
-    import tf2onnx
+    tf2onnx = _edge_module("tf2onnx", "the ONNX export")
 
     spec = input_spec(input_size)
     function = tensor_function(model, params, decision, spec)
@@ -93,8 +104,7 @@ class OnnxRunner:
     """onnxruntime session of an ONNX export: ``runner(images) -> {output name: array}``."""
 
     def __init__(self, path, threads=1):
-        import onnxruntime
-
+        onnxruntime = _edge_module("onnxruntime", "running an ONNX export")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -111,8 +121,7 @@ class LiteRTRunner:
     """LiteRT interpreter of a LiteRT export: ``runner(images [1, h, w, 3]) -> {name: array}``."""
 
     def __init__(self, path, threads=1):
-        from ai_edge_litert import interpreter
-
+        interpreter = _edge_module("ai_edge_litert.interpreter", "running a LiteRT export")
         self.interpreter = interpreter.Interpreter(model_path=os.fspath(path),
                                                    num_threads=threads)
         self.runner = self.interpreter.get_signature_runner(SIGNATURE)
