@@ -133,7 +133,7 @@ def base_config() -> ml_collections.ConfigDict:
     # channels; `stages` stride-2 stages of `blocks_per_stage` residual blocks.
     c.model.base_width = 32
     c.model.stages = 5
-    c.model.blocks_per_stage = 1
+    c.model.blocks_per_stage = 1  # configs/paper.py: the paper's 2 (Fig. 5)
     c.model.max_width = 256
     # "conv": latent_channels x H/2**stages x W/2**stages; "dense": a latent_dim vector
     # (ties the generator to data.image_size).
