@@ -10,6 +10,7 @@ passes :func:`freeze` is not rejected later for its values, only for its data (m
 folders, too few images, a batch not divisible by the replicas). A run writes its resolved
 config into its run directory, where evaluation and export read it back.
 """
+import copy
 import json
 import math
 import os
@@ -230,7 +231,10 @@ def with_overrides(config, overrides) -> ml_collections.FrozenConfigDict:
     given. Raises ValueError naming a key that is not a field or a value that does not
     convert.
     """
-    config = ml_collections.ConfigDict(config)
+    # A deep copy: ConfigDict(frozen) hands out nested ConfigDicts that ml_collections
+    # caches on the frozen config, so setting a field on them would leak into every later
+    # copy of the same config.
+    config = copy.deepcopy(ml_collections.ConfigDict(config))
     for key, value in overrides.items():
         *parents, leaf = key.split(".")
         node = config

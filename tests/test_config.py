@@ -77,3 +77,14 @@ def test_config_and_choices_import_without_tensorflow():
     code = ("import sys, grdnet_tf.config, grdnet_tf.choices; "
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_overrides_do_not_leak_into_later_copies():
+    """with_overrides(base, a) then with_overrides(base, b) must not carry a into b
+    (ml_collections caches the nested ConfigDicts of a frozen config)."""
+    base = config_lib.freeze(config_lib.base_config())
+    first = config_lib.with_overrides(base, {"synthesis.beta_min": 0.2})
+    second = config_lib.with_overrides(base, {"synthesis.beta_max": 0.9})
+    assert first.synthesis.beta_min == 0.2 and first.synthesis.beta_max == 1.0
+    assert second.synthesis.beta_min == 0.5 and second.synthesis.beta_max == 0.9
+    assert base.synthesis.beta_min == 0.5 and base.synthesis.beta_max == 1.0
