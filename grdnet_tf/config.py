@@ -52,7 +52,8 @@ POSITIVE_INT = (
 )
 UNIT_INTERVAL = (
     "synthesis.anomaly_prob", "synthesis.beta_min", "synthesis.beta_max",
-    "synthesis.colour_smooth_prob", "synthesis.in_roi_prob", "data.val_fraction", "scoring.threshold_quantile",
+    "synthesis.colour_smooth_prob", "synthesis.in_roi_prob",
+    "synthesis.match_intensity_prob", "data.val_fraction", "scoring.threshold_quantile",
 )
 
 
@@ -103,6 +104,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Probability that an anomaly is confined to the ROI (the others fall anywhere; those
     # outside the ROI have target 0 and teach the segmentator to ignore the background).
     c.synthesis.in_roi_prob = 0.0
+    # Probability that a texture's mean and standard deviation under the mask are matched
+    # to the image's there (per channel): the anomaly then differs in structure, not in
+    # brightness, so a bright patch on a dark part cannot be found from X_n alone.
+    c.synthesis.match_intensity_prob = 0.0
     # Blending factor beta ~ U(beta_min, beta_max).
     c.synthesis.beta_min = 0.5
     c.synthesis.beta_max = 1.0

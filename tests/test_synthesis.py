@@ -176,3 +176,24 @@ def test_texture_ops_change_only_the_texture():
         np.testing.assert_array_equal(b.numpy()[outside], IMAGE.numpy()[outside])
         differ += not np.array_equal(a.numpy(), b.numpy())
     assert differ >= 5
+
+
+def test_match_intensity_matches_the_moments_under_the_mask():
+    mask = np.zeros((SIZE, SIZE, 1), np.float32)
+    mask[4:20, 6:26] = 1.0
+    image = IMAGE * 0.2 + 0.1  # dark, low contrast
+    texture = synthesis.to_float(BANK[2])
+    matched = synthesis.match_intensity(texture, image, tf.constant(mask)).numpy()
+    inside = mask[..., 0] > 0
+    for c in range(3):
+        np.testing.assert_allclose(matched[..., c][inside].mean(),
+                                   image.numpy()[..., c][inside].mean(), atol=2e-3)
+        np.testing.assert_allclose(matched[..., c][inside].std(),
+                                   image.numpy()[..., c][inside].std(), rtol=0.02)
+    # Still the texture's structure: perfectly correlated with it under the mask.
+    assert np.corrcoef(matched[..., 0][inside], texture.numpy()[..., 0][inside])[0, 1] > 0.999
+    p = params(anomaly_prob=1.0, match_intensity_prob=1.0, texture_colour_weight=0.0,
+               texture_perlin_weight=0.0)
+    perturbed, m = run(p, 0, image=image, self_bank=BANK, self_index=0)
+    outside = np.broadcast_to(m.numpy() == 0, image.shape)
+    np.testing.assert_array_equal(perturbed.numpy()[outside], image.numpy()[outside])

@@ -36,7 +36,7 @@ SOURCE_NAMES = ("colour", "self", "perlin", "external", "builtin")
 
 # Sub-seed tags folded into the per-example seed.
 (_ROTATE, _FLIP_H, _FLIP_V, _ANOMALY, _MASK, _BETA, _SOURCE, _TEXTURE,
- _SMOOTH, _CELLS_Y, _CELLS_X, _TEXTURE_OPS, _AREA, _IN_ROI) = range(14)
+ _SMOOTH, _CELLS_Y, _CELLS_X, _TEXTURE_OPS, _AREA, _IN_ROI, _MATCH) = range(15)
 # Noise value given to pixels a mask may not cover (Perlin noise lies in about [-1, 1]).
 _EXCLUDED = -4.0
 
@@ -56,6 +56,7 @@ class SynthesisParams:
     mask_area_min: float
     mask_area_max: float
     in_roi_prob: float
+    match_intensity_prob: float
     colour_smooth_prob: float
     colour_field_min_cells: int
     colour_field_max_cells: int
@@ -79,6 +80,7 @@ class SynthesisParams:
             texture_ops=int(s.texture_ops),
             mask_area_min=float(s.mask_area_min), mask_area_max=float(s.mask_area_max),
             in_roi_prob=float(s.in_roi_prob),
+            match_intensity_prob=float(s.match_intensity_prob),
             colour_smooth_prob=float(s.colour_smooth_prob),
             colour_field_min_cells=int(s.colour_field_min_cells),
             colour_field_max_cells=int(s.colour_field_max_cells),
@@ -212,6 +214,25 @@ def bank_texture(bank, seed, exclude=None):
     return tf.roll(image, shift, axis=[0, 1])
 
 
+def match_intensity(texture, image, mask):
+    """``texture`` shifted and scaled per channel so that, over the pixels of ``mask``, its
+    mean and standard deviation equal the image's there; clipped to [0, 1].
+
+    An anomaly then differs from its surroundings in structure, not in brightness, so it
+    cannot be found from X_n alone by a brightness rule (a bright texture on a dark tyre).
+    """
+    weight = mask / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+    def moments(x):
+        mean = tf.reduce_sum(x * weight, axis=[0, 1], keepdims=True)
+        var = tf.reduce_sum(tf.square(x - mean) * weight, axis=[0, 1], keepdims=True)
+        return mean, tf.sqrt(var + 1e-8)
+
+    t_mean, t_std = moments(texture)
+    i_mean, i_std = moments(image)
+    return tf.clip_by_value((texture - t_mean) * (i_std / t_std) + i_mean, 0.0, 1.0)
+
+
 def source_probabilities(params, banks):
     """Normalised odds of the sources of SOURCE_NAMES, given ``banks`` (source -> bank or
     None for the bank sources SELF, EXTERNAL, BUILTIN); a source without its bank gets 0."""
@@ -274,7 +295,11 @@ def synthesize(image, seed, params, self_bank=None, self_index=None, external_ba
     def anomalous():
         mask = anomaly_mask(height, width, perlin.fold(seed, _MASK), params, roi)
         beta = perlin.uniform([], perlin.fold(seed, _BETA), params.beta_min, params.beta_max)
-        blended = tf.clip_by_value((1.0 - beta) * image + beta * texture(), 0.0, 1.0)
+        n = texture()
+        if params.match_intensity_prob > 0:
+            n = tf.where(_coin(seed, _MATCH, params.match_intensity_prob),
+                         match_intensity(n, image, mask), n)
+        blended = tf.clip_by_value((1.0 - beta) * image + beta * n, 0.0, 1.0)
         return tf.where(mask > 0, blended, image), mask
 
     def clean():
