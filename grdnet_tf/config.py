@@ -10,6 +10,7 @@ passes :func:`freeze` is not rejected later for its values, only for its data (m
 folders, too few images, a batch not divisible by the replicas). A run writes its resolved
 config into its run directory, where evaluation and export read it back.
 """
+import copy
 import json
 import math
 import os
@@ -37,7 +38,8 @@ NON_NEGATIVE = (
     "loss.focal_gamma", "synthesis.rotation_deg", "synthesis.perlin_rotation_deg",
     "synthesis.texture_colour_weight", "synthesis.texture_self_weight",
     "synthesis.texture_perlin_weight", "synthesis.texture_external_weight",
-    "optimizer.min_learning_rate", "train.steps_per_epoch", "train.eval_every_epochs",
+    "synthesis.texture_builtin_weight", "synthesis.texture_ops", "synthesis.mask_area_min",
+    "synthesis.mask_area_max", "optimizer.min_learning_rate", "train.steps_per_epoch", "train.eval_every_epochs",
     "data.patch_scale", "data.patch_stride", "scoring.smoothing_kernel",
 )
 POSITIVE_INT = (
@@ -51,7 +53,8 @@ POSITIVE_INT = (
 )
 UNIT_INTERVAL = (
     "synthesis.anomaly_prob", "synthesis.beta_min", "synthesis.beta_max",
-    "synthesis.colour_smooth_prob", "data.val_fraction", "scoring.threshold_quantile",
+    "synthesis.colour_smooth_prob", "synthesis.in_roi_prob",
+    "synthesis.match_intensity_prob", "data.val_fraction", "scoring.threshold_quantile",
     "data.folder.normal_test_fraction", "scoring.pixel_threshold",
 )
 
@@ -125,16 +128,34 @@ def base_config() -> ml_collections.ConfigDict:
     c.synthesis.perlin_threshold = 0.5
     # The Perlin noise is rotated by U(-r, r) degrees before thresholding.
     c.synthesis.perlin_rotation_deg = 90.0
+    # Mask size in image-relative terms: mask_area_max > 0 thresholds each Perlin field so
+    # that a fraction a of the image is anomalous, log(a) ~ U(log min, log max); 0 keeps
+    # the fixed perlin_threshold (then the size follows the Perlin scale: a median 5.5%
+    # of the image at the default scales).
+    c.synthesis.mask_area_min = 0.002
+    c.synthesis.mask_area_max = 0.0
+    # Probability that an anomaly is confined to the ROI (the others fall anywhere; those
+    # outside the ROI have target 0 and teach the segmentator to ignore the background).
+    c.synthesis.in_roi_prob = 0.0
+    # Probability that a texture's mean and standard deviation under the mask are matched
+    # to the image's there (per channel): the anomaly then differs in structure, not in
+    # brightness, so a bright patch on a dark part cannot be found from X_n alone.
+    c.synthesis.match_intensity_prob = 0.0
     # Blending factor beta ~ U(beta_min, beta_max).
     c.synthesis.beta_min = 0.5
     c.synthesis.beta_max = 1.0
     # Relative odds of the texture sources colour / self (another training image) / Perlin
-    # colour noise / external (texture_dir).
+    # colour noise / external (texture_dir) / builtin (crops of two photographs shipped
+    # with scikit-learn, grdnet_tf/data/textures.py).
     c.synthesis.texture_colour_weight = 1.0
     c.synthesis.texture_self_weight = 1.0
     c.synthesis.texture_perlin_weight = 1.0
     c.synthesis.texture_external_weight = 1.0
+    c.synthesis.texture_builtin_weight = 0.0
     c.synthesis.texture_dir = ""  # optional folder of external (DTD-like) textures, recursive
+    # Number of distinct random photometric operations (of the 10 of
+    # grdnet_tf/data/texture_ops.py, as DRAEM) applied to each texture; 0 = none.
+    c.synthesis.texture_ops = 0
     # Probability that a colour texture is a smooth random field (bilinear upsampling of a
     # random grid) rather than one uniform colour.
     c.synthesis.colour_smooth_prob = 0.5
@@ -151,7 +172,7 @@ def base_config() -> ml_collections.ConfigDict:
     # channels; `stages` stride-2 stages of `blocks_per_stage` residual blocks.
     c.model.base_width = 32
     c.model.stages = 5
-    c.model.blocks_per_stage = 1
+    c.model.blocks_per_stage = 1  # configs/paper.py: the paper's 2 (Fig. 5)
     c.model.max_width = 256
     # "conv": latent_channels x H/2**stages x W/2**stages; "dense": a latent_dim vector
     # (ties the generator to data.image_size).
@@ -252,7 +273,10 @@ def with_overrides(config, overrides) -> ml_collections.FrozenConfigDict:
     given. Raises ValueError naming a key that is not a field or a value that does not
     convert.
     """
-    config = ml_collections.ConfigDict(config)
+    # A deep copy: ConfigDict(frozen) hands out nested ConfigDicts that ml_collections
+    # caches on the frozen config, so setting a field on them would leak into every later
+    # copy of the same config.
+    config = copy.deepcopy(ml_collections.ConfigDict(config))
     for key, value in overrides.items():
         *parents, leaf = key.split(".")
         node = config
@@ -350,10 +374,19 @@ def validate(config) -> None:
         raise ValueError("config synthesis.colour_field_min_cells must not exceed "
                          "synthesis.colour_field_max_cells")
     weights = [get_value(config, f"synthesis.texture_{name}_weight")
-               for name in ("colour", "self", "perlin", "external")]
+               for name in ("colour", "self", "perlin", "external", "builtin")]
     if sum(weights) <= 0:
         raise ValueError("config synthesis.texture_*_weight are all 0: the synthetic "
                          "anomalies have no texture source")
+    ops = config.synthesis.texture_ops
+    if int(ops) != ops or not 0 <= ops <= 10:
+        raise ValueError(f"config synthesis.texture_ops={config.synthesis.texture_ops!r} must "
+                         "be an integer in [0, 10]")
+    if config.synthesis.mask_area_max > 0 and not (
+            0 < config.synthesis.mask_area_min <= config.synthesis.mask_area_max <= 1):
+        raise ValueError("config synthesis.mask_area_min and mask_area_max must satisfy "
+                         "0 < mask_area_min <= mask_area_max <= 1 (mask_area_max=0 turns "
+                         "the area rule off)")
     size = tuple(config.data.image_size)
     if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
         raise ValueError(f"config data.image_size={size!r} must be (height, width) positive ints")

@@ -107,3 +107,14 @@ def test_named_configs_and_paths(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"train.epoch: no such config key \(did you mean "
                                          r"train.epochs\?\)"):
         config_lib.load_config_file("tiny", {"train.epoch": "1"})
+
+
+def test_overrides_do_not_leak_into_later_copies():
+    """with_overrides(base, a) then with_overrides(base, b) must not carry a into b
+    (ml_collections caches the nested ConfigDicts of a frozen config)."""
+    base = config_lib.freeze(config_lib.base_config())
+    first = config_lib.with_overrides(base, {"synthesis.beta_min": 0.2})
+    second = config_lib.with_overrides(base, {"synthesis.beta_max": 0.9})
+    assert first.synthesis.beta_min == 0.2 and first.synthesis.beta_max == 1.0
+    assert second.synthesis.beta_min == 0.5 and second.synthesis.beta_max == 0.9
+    assert base.synthesis.beta_min == 0.5 and base.synthesis.beta_max == 1.0

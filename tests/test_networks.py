@@ -135,3 +135,19 @@ def test_size_not_divisible_names_the_argument():
     with pytest.raises(ValueError, match=r"expects 3 input channels, got 1"):
         gen(random_images((1, 32, 32, 1)))
 
+
+
+def test_paper_config_has_two_blocks_per_stage():
+    """configs/paper.py follows the paper's Fig. 5: two residual blocks per stage."""
+    from grdnet_tf.config import load_config_file
+
+    config = load_config_file("configs/paper.py")
+    assert config.model.blocks_per_stage == 2
+    generator, discriminator, segmentator = build_networks(config)
+    x = tf.zeros((1, 256, 256, 3))
+    generator(x), discriminator(x)
+    # Pinned (one block per stage: 6_940_195 and 2_477_505, test_paper_parameter_counts).
+    assert generator.count_params() == 14_035_939
+    assert discriminator.count_params() == 5_230_497
+    names = generator.encoder.block_names
+    assert len(names) == 2 * config.model.stages and names[:4] == ["stage0_block0", "stage0_block1", "stage1_block0", "stage1_block1"]

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from grdnet_tf.config import base_config, freeze
-from grdnet_tf.data import perlin, synthesis
+from grdnet_tf.data import geometry, perlin, synthesis
 from helpers_images import random_images
 
 SIZE = 32
@@ -38,7 +38,8 @@ def test_no_anomaly_is_exact():
 def test_each_source_changes_only_masked_pixels(source):
     weights = {f"texture_{n}_weight": float(n == source) for n in synthesis.SOURCE_NAMES}
     p = params(anomaly_prob=1.0, **weights)
-    banks = {"self_bank": BANK, "self_index": 0, "external_bank": BANK[2:]}
+    banks = {"self_bank": BANK, "self_index": 0, "external_bank": BANK[2:],
+             "builtin_bank": BANK[1:3]}
     for i in range(3):
         perturbed, mask = run(p, i, **banks)
         x, xn, m = IMAGE.numpy(), perturbed.numpy(), mask.numpy()
@@ -102,10 +103,10 @@ def test_grayscale_image():
 
 def test_rotate_matches_rot90_and_identity():
     x = np.arange(25, dtype=np.float32).reshape(5, 5, 1)
-    r = synthesis.rotate(tf.constant(x), math.pi / 2, "NEAREST").numpy()
+    r = geometry.rotate(tf.constant(x), math.pi / 2, "NEAREST").numpy()
     np.testing.assert_array_equal(r, np.rot90(x, 1))  # counter-clockwise about the centre
     y = np.arange(35, dtype=np.float32).reshape(5, 7, 1)
-    np.testing.assert_array_equal(synthesis.rotate(tf.constant(y), 0.0).numpy(), y)
+    np.testing.assert_array_equal(geometry.rotate(tf.constant(y), 0.0).numpy(), y)
 
 
 def test_geometry_identity_and_joint_transform():
@@ -126,3 +127,73 @@ def test_geometry_identity_and_joint_transform():
         # Bilinear vs nearest differ only at the disk border.
         assert np.mean((x.numpy()[:, :, 0] > 0.5) != r.numpy()[:, :, 0]) < 0.02
     assert moved >= 5
+
+
+def test_mask_area_rule_gives_the_drawn_fraction():
+    # min = max pins the fraction: exactly round(a * H * W) pixels (the noise has no ties).
+    p = params(anomaly_prob=1.0, mask_area_min=0.02, mask_area_max=0.02)
+    for i in range(6):
+        _, mask = run(p, i, self_bank=BANK, self_index=0)
+        assert int(mask.numpy().sum()) == round(0.02 * SIZE * SIZE)
+    p = params(anomaly_prob=1.0, mask_area_min=0.002, mask_area_max=0.2)
+    areas = [float(run(p, i, self_bank=BANK, self_index=0)[1].numpy().mean())
+             for i in range(40)]
+    assert min(areas) >= 1 / SIZE ** 2 and max(areas) <= 0.2 + 1e-6
+    # log-uniform: the median lies near the geometric mean 0.02, far below the mean 0.1.
+    assert 0.008 < np.median(areas) < 0.05
+
+
+@pytest.mark.parametrize("area_max", [0.0, 0.05])
+def test_in_roi_prob_confines_masks(area_max):
+    roi = np.zeros((SIZE, SIZE, 1), np.float32)
+    roi[8:24, 4:20] = 1.0
+    roi = tf.constant(roi)
+    inside = params(anomaly_prob=1.0, in_roi_prob=1.0, mask_area_max=area_max)
+    anywhere = params(anomaly_prob=1.0, in_roi_prob=0.0, mask_area_max=area_max)
+    outside_pixels = 0
+    for i in range(12):
+        _, mask = run(inside, i, self_bank=BANK, self_index=0, roi=roi)
+        m = mask.numpy()
+        assert m.sum() > 0 and m[roi.numpy() == 0].sum() == 0
+        outside_pixels += run(anywhere, i, self_bank=BANK, self_index=0,
+                              roi=roi)[1].numpy()[roi.numpy() == 0].sum()
+    assert outside_pixels > 0
+    # An empty ROI cannot confine anything: the mask falls anywhere, never empty.
+    _, mask = run(inside, 0, self_bank=BANK, self_index=0, roi=tf.zeros_like(roi))
+    assert mask.numpy().sum() > 0
+
+
+def test_texture_ops_change_only_the_texture():
+    plain = params(anomaly_prob=1.0, texture_colour_weight=0.0, texture_perlin_weight=0.0)
+    augmented = params(anomaly_prob=1.0, texture_colour_weight=0.0, texture_perlin_weight=0.0,
+                       texture_ops=3)
+    differ = 0
+    for i in range(6):
+        a, ma = run(plain, i, self_bank=BANK, self_index=0)
+        b, mb = run(augmented, i, self_bank=BANK, self_index=0)
+        np.testing.assert_array_equal(ma.numpy(), mb.numpy())  # same mask
+        outside = np.broadcast_to(ma.numpy() == 0, a.shape)
+        np.testing.assert_array_equal(b.numpy()[outside], IMAGE.numpy()[outside])
+        differ += not np.array_equal(a.numpy(), b.numpy())
+    assert differ >= 5
+
+
+def test_match_intensity_matches_the_moments_under_the_mask():
+    mask = np.zeros((SIZE, SIZE, 1), np.float32)
+    mask[4:20, 6:26] = 1.0
+    image = IMAGE * 0.2 + 0.1  # dark, low contrast
+    texture = synthesis.to_float(BANK[2])
+    matched = synthesis.match_intensity(texture, image, tf.constant(mask)).numpy()
+    inside = mask[..., 0] > 0
+    for c in range(3):
+        np.testing.assert_allclose(matched[..., c][inside].mean(),
+                                   image.numpy()[..., c][inside].mean(), atol=2e-3)
+        np.testing.assert_allclose(matched[..., c][inside].std(),
+                                   image.numpy()[..., c][inside].std(), rtol=0.02)
+    # Still the texture's structure: perfectly correlated with it under the mask.
+    assert np.corrcoef(matched[..., 0][inside], texture.numpy()[..., 0][inside])[0, 1] > 0.999
+    p = params(anomaly_prob=1.0, match_intensity_prob=1.0, texture_colour_weight=0.0,
+               texture_perlin_weight=0.0)
+    perturbed, m = run(p, 0, image=image, self_bank=BANK, self_index=0)
+    outside = np.broadcast_to(m.numpy() == 0, image.shape)
+    np.testing.assert_array_equal(perturbed.numpy()[outside], image.numpy()[outside])

@@ -34,7 +34,7 @@ import tensorflow as tf
 from absl import logging
 
 from grdnet_tf import keys
-from grdnet_tf.data import io, perlin, preprocess, synthesis, tiling
+from grdnet_tf.data import io, perlin, preprocess, synthesis, textures, tiling
 
 TRAIN_STREAM, VALIDATION_STREAM, SHUFFLE_STREAM = 0, 1, 2
 _PATCH_OFFSET = 100  # sub-seed tag of the random patch offset (synthesis uses 0..10)
@@ -219,7 +219,8 @@ def synthesis_fn(config, cache, texture_cache=None, augment=True, stream=TRAIN_S
     and ROI, in [0, 1]. ``augment=False`` disables rotation and flips (validation).
     Randomness: stateless seed ``fold_in((config.seed, stream), element_index)``.
     Self-textures come from other images of ``cache`` (needs >= 2 images; in patch mode
-    their centre patches), external ones from ``texture_cache``.
+    their centre patches), external ones from ``texture_cache``, built-in ones from
+    grdnet_tf.data.textures (when synthesis.texture_builtin_weight > 0).
     In patch mode ``fn(element_index, image_index, offset=None)`` crops the patch at
     ``offset`` (y, x), or at a uniformly random offset when None.
     """
@@ -242,8 +243,14 @@ def synthesis_fn(config, cache, texture_cache=None, augment=True, stream=TRAIN_S
     if texture_cache is not None and len(texture_cache):
         _check_cache(texture_cache, config, "texture")
         external_bank = tf.constant(texture_cache.images)
+    builtin_bank = None
+    if params.texture_weights[synthesis.BUILTIN] > 0:
+        builtin_bank = tf.constant(textures.builtin_textures(
+            patch_size, config.data.channels, textures.BANK_SIZE, int(config.seed)))
     # Fail now, not inside tf.data, when no texture source is left.
-    synthesis.source_probabilities(params, self_bank is not None, external_bank is not None)
+    synthesis.source_probabilities(params, {synthesis.SELF: self_bank,
+                                            synthesis.EXTERNAL: external_bank,
+                                            synthesis.BUILTIN: builtin_bank})
     base_seed = _base_seed(config, stream)
 
     def fn(element_index, image_index, offset=None):
@@ -263,7 +270,8 @@ def synthesis_fn(config, cache, texture_cache=None, augment=True, stream=TRAIN_S
         image, roi = synthesis.augment_geometry(image, roi, seed, params)
         perturbed, mask = synthesis.synthesize(image, seed, params, self_bank=self_bank,
                                                self_index=image_index,
-                                               external_bank=external_bank)
+                                               external_bank=external_bank,
+                                               builtin_bank=builtin_bank, roi=roi)
         return {keys.IMAGE: image, keys.PERTURBED: perturbed, keys.MASK: mask, keys.ROI: roi}
 
     return fn

@@ -28,15 +28,17 @@ import math
 
 import tensorflow as tf
 
-from grdnet_tf.data import perlin, preprocess
+from grdnet_tf.data import geometry, perlin, preprocess, texture_ops
 
 # Sources of the texture N.
-COLOUR, SELF, PERLIN, EXTERNAL = 0, 1, 2, 3
-SOURCE_NAMES = ("colour", "self", "perlin", "external")
+COLOUR, SELF, PERLIN, EXTERNAL, BUILTIN = 0, 1, 2, 3, 4
+SOURCE_NAMES = ("colour", "self", "perlin", "external", "builtin")
 
 # Sub-seed tags folded into the per-example seed.
 (_ROTATE, _FLIP_H, _FLIP_V, _ANOMALY, _MASK, _BETA, _SOURCE, _TEXTURE,
- _SMOOTH, _CELLS_Y, _CELLS_X) = range(11)
+ _SMOOTH, _CELLS_Y, _CELLS_X, _TEXTURE_OPS, _AREA, _IN_ROI, _MATCH) = range(15)
+# Noise value given to pixels a mask may not cover (Perlin noise lies in about [-1, 1]).
+_EXCLUDED = -4.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +51,12 @@ class SynthesisParams:
     perlin_rotation_deg: float
     beta_min: float
     beta_max: float
-    texture_weights: tuple  # (colour, self, perlin, external)
+    texture_weights: tuple  # (colour, self, perlin, external, builtin)
+    texture_ops: int
+    mask_area_min: float
+    mask_area_max: float
+    in_roi_prob: float
+    match_intensity_prob: float
     colour_smooth_prob: float
     colour_field_min_cells: int
     colour_field_max_cells: int
@@ -68,9 +75,12 @@ class SynthesisParams:
             perlin_threshold=float(s.perlin_threshold),
             perlin_rotation_deg=float(s.perlin_rotation_deg),
             beta_min=float(s.beta_min), beta_max=float(s.beta_max),
-            texture_weights=(float(s.texture_colour_weight), float(s.texture_self_weight),
-                             float(s.texture_perlin_weight),
-                             float(s.texture_external_weight)),
+            texture_weights=tuple(float(s[f"texture_{name}_weight"])
+                                  for name in SOURCE_NAMES),
+            texture_ops=int(s.texture_ops),
+            mask_area_min=float(s.mask_area_min), mask_area_max=float(s.mask_area_max),
+            in_roi_prob=float(s.in_roi_prob),
+            match_intensity_prob=float(s.match_intensity_prob),
             colour_smooth_prob=float(s.colour_smooth_prob),
             colour_field_min_cells=int(s.colour_field_min_cells),
             colour_field_max_cells=int(s.colour_field_max_cells),
@@ -87,34 +97,6 @@ def _coin(seed, tag, prob=0.5):
     return perlin.uniform([], perlin.fold(seed, tag)) < prob
 
 
-def rotation_transform(angle, height, width):
-    """The 8 projective-transform parameters of a rotation by ``angle`` (radians,
-    counter-clockwise) about the image centre, mapping output to input coordinates."""
-    cos, sin = tf.cos(angle), tf.sin(angle)
-    h, w = float(height - 1), float(width - 1)
-    x_offset = (w - (cos * w - sin * h)) / 2.0
-    y_offset = (h - (sin * w + cos * h)) / 2.0
-    zero = tf.zeros_like(cos)
-    return tf.stack([cos, -sin, x_offset, sin, cos, y_offset, zero, zero])
-
-
-def rotate(image, angle, interpolation="BILINEAR"):
-    """Rotates ``[H, W, C]`` about its centre by ``angle`` radians, REFLECT fill (the
-    tensorflow-addons replacement of docs/tf-notes.md).
-
-    ``interpolation`` is "BILINEAR" (images) or "NEAREST" (masks: values stay binary).
-    """
-    height, width = image.shape[0], image.shape[1]
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None],
-        transforms=rotation_transform(tf.cast(angle, tf.float32), height, width)[None],
-        output_shape=tf.constant([height, width], tf.int32),
-        fill_value=tf.constant(0.0, image.dtype),
-        interpolation=interpolation,
-        fill_mode="REFLECT")
-    return out[0]
-
-
 def augment_geometry(image, roi, seed, params):
     """Joint rotation and flips of ``image [H, W, C]`` and ``roi [H, W, 1]`` (float32).
 
@@ -125,8 +107,8 @@ def augment_geometry(image, roi, seed, params):
     if params.rotation_deg > 0:
         limit = math.radians(params.rotation_deg)
         angle = perlin.uniform([], perlin.fold(seed, _ROTATE), -limit, limit)
-        image = tf.clip_by_value(rotate(image, angle, "BILINEAR"), 0.0, 1.0)
-        roi = rotate(roi, angle, "NEAREST")
+        image = tf.clip_by_value(geometry.rotate(image, angle, "BILINEAR"), 0.0, 1.0)
+        roi = geometry.rotate(roi, angle, "NEAREST")
     for enabled, tag, axis in ((params.flip_horizontal, _FLIP_H, 1),
                                (params.flip_vertical, _FLIP_V, 0)):
         if enabled:
@@ -136,19 +118,42 @@ def augment_geometry(image, roi, seed, params):
     return image, roi
 
 
-def anomaly_mask(height, width, seed, params):
-    """Non-empty binary Perlin mask ``float32 [H, W, 1]`` (see the module docstring)."""
+def anomaly_mask(height, width, seed, params, roi=None):
+    """Non-empty binary Perlin mask ``float32 [H, W, 1]``.
+
+    With ``roi`` (float ``[H, W, 1]``) and probability in_roi_prob the mask is confined to
+    the ROI (when the ROI is not empty). With mask_area_max > 0 the noise is thresholded at
+    the value that leaves a fraction a of the image's pixels above it, log(a) uniform in
+    [log mask_area_min, log mask_area_max] (at most the allowed pixels); otherwise at
+    perlin_threshold, a field that never exceeds it being rescaled to peak 1 first.
+    """
     noise = perlin.random_perlin_noise(height, width, seed, params.perlin_min_scale_log2,
                                        params.perlin_max_scale_log2)[:, :, None]
     if params.perlin_rotation_deg > 0:
         limit = math.radians(params.perlin_rotation_deg)
         angle = perlin.uniform([], perlin.fold(seed, _ROTATE), -limit, limit)
-        noise = rotate(noise, angle, "BILINEAR")
-    high, low = tf.reduce_max(noise), -tf.reduce_min(noise)
+        noise = geometry.rotate(noise, angle, "BILINEAR")
+    allowed = tf.ones_like(noise, tf.bool)
+    if roi is not None and params.in_roi_prob > 0:
+        inside = roi > 0
+        confine = tf.logical_and(_coin(seed, _IN_ROI, params.in_roi_prob),
+                                 tf.reduce_any(inside))
+        allowed = tf.logical_or(tf.logical_not(confine), inside)
+    if params.mask_area_max > 0:
+        area = tf.exp(perlin.uniform([], perlin.fold(seed, _AREA),
+                                     math.log(params.mask_area_min),
+                                     math.log(params.mask_area_max)))
+        candidates = tf.reshape(tf.where(allowed, noise, _EXCLUDED), [-1])
+        count = tf.reduce_sum(tf.cast(allowed, tf.int32))
+        k = tf.clip_by_value(tf.cast(tf.round(area * height * width), tf.int32), 1, count)
+        threshold = tf.sort(candidates, direction="DESCENDING")[k - 1]
+        return tf.cast(tf.logical_and(noise >= threshold, allowed), tf.float32)
+    high = tf.reduce_max(tf.where(allowed, noise, _EXCLUDED))
+    low = -tf.reduce_min(tf.where(allowed, noise, -_EXCLUDED))
     peak = tf.maximum(tf.maximum(high, low), 1e-6)
     rescaled = noise * tf.where(high >= low, 1.0, -1.0) / peak
     noise = tf.where(high > params.perlin_threshold, noise, rescaled)
-    return tf.cast(noise > params.perlin_threshold, tf.float32)
+    return tf.cast(tf.logical_and(noise > params.perlin_threshold, allowed), tf.float32)
 
 
 def colour_texture(shape, seed, params):
@@ -209,23 +214,42 @@ def bank_texture(bank, seed, exclude=None):
     return tf.roll(image, shift, axis=[0, 1])
 
 
-def source_probabilities(params, have_self, have_external):
-    """Normalised odds of (colour, self, perlin, external); unavailable sources get 0."""
-    weights = list(params.texture_weights)
-    if not have_self:
-        weights[SELF] = 0.0
-    if not have_external:
-        weights[EXTERNAL] = 0.0
+def match_intensity(texture, image, mask):
+    """``texture`` shifted and scaled per channel so that, over the pixels of ``mask``, its
+    mean and standard deviation equal the image's there; clipped to [0, 1].
+
+    An anomaly then differs from its surroundings in structure, not in brightness, so it
+    cannot be found from X_n alone by a brightness rule (a bright texture on a dark tyre).
+    """
+    weight = mask / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+    def moments(x):
+        mean = tf.reduce_sum(x * weight, axis=[0, 1], keepdims=True)
+        var = tf.reduce_sum(tf.square(x - mean) * weight, axis=[0, 1], keepdims=True)
+        return mean, tf.sqrt(var + 1e-8)
+
+    t_mean, t_std = moments(texture)
+    i_mean, i_std = moments(image)
+    return tf.clip_by_value((texture - t_mean) * (i_std / t_std) + i_mean, 0.0, 1.0)
+
+
+def source_probabilities(params, banks):
+    """Normalised odds of the sources of SOURCE_NAMES, given ``banks`` (source -> bank or
+    None for the bank sources SELF, EXTERNAL, BUILTIN); a source without its bank gets 0."""
+    weights = [0.0 if source in (SELF, EXTERNAL, BUILTIN) and banks.get(source) is None
+               else weight for source, weight in enumerate(params.texture_weights)]
     total = sum(weights)
     if total <= 0:
+        available = [SOURCE_NAMES[s] for s in (SELF, EXTERNAL, BUILTIN)
+                     if banks.get(s) is not None]
         raise ValueError("config synthesis.texture_*_weight: every available texture source "
-                         f"has weight 0 (weights {params.texture_weights}, self-texture "
-                         f"{'available' if have_self else 'unavailable'}, external "
-                         f"{'available' if have_external else 'unavailable'})")
+                         f"has weight 0 (weights {dict(zip(SOURCE_NAMES, params.texture_weights))}"
+                         f", banks available: {', '.join(available) or 'none'})")
     return [w / total for w in weights]
 
 
-def synthesize(image, seed, params, self_bank=None, self_index=None, external_bank=None):
+def synthesize(image, seed, params, self_bank=None, self_index=None, external_bank=None,
+               builtin_bank=None, roi=None):
     """Perturbs ``image`` (float32 ``[H, W, C]`` in [0, 1]) with a synthetic anomaly.
 
     Args:
@@ -235,34 +259,47 @@ def synthesize(image, seed, params, self_bank=None, self_index=None, external_ba
       self_bank: uint8 ``[N, H, W, C]`` training images for self-textures (N >= 2), or None.
       self_index: index of ``image`` in ``self_bank`` (excluded from the draw).
       external_bank: uint8 ``[K, H, W, C]`` external textures, or None.
+      builtin_bank: uint8 ``[K, H, W, C]`` built-in photo crops
+        (grdnet_tf.data.textures), or None.
+      roi: float32 ``[H, W, 1]`` ROI of ``image`` (for in_roi_prob), or None.
     Returns:
       (perturbed X_n, mask M): float32 ``[H, W, C]`` in [0, 1] and ``[H, W, 1]`` in {0, 1}.
+      The texture gets ``params.texture_ops`` random photometric operations
+      (grdnet_tf.data.texture_ops) before blending.
     """
     shape = tuple(image.shape)
     height, width, _ = shape
-    probs = source_probabilities(params, self_bank is not None, external_bank is not None)
+    banks = {SELF: self_bank, EXTERNAL: external_bank, BUILTIN: builtin_bank}
+    probs = source_probabilities(params, banks)
     texture_seed = perlin.fold(seed, _TEXTURE)
     makers = {
         COLOUR: lambda: colour_texture(shape, texture_seed, params),
         SELF: lambda: bank_texture(self_bank, texture_seed, exclude=self_index),
         PERLIN: lambda: perlin_texture(shape, texture_seed, params),
         EXTERNAL: lambda: bank_texture(external_bank, texture_seed),
+        BUILTIN: lambda: bank_texture(builtin_bank, texture_seed),
     }
-    sources = [s for s in (COLOUR, SELF, PERLIN, EXTERNAL) if probs[s] > 0]
+    sources = [s for s in range(len(SOURCE_NAMES)) if probs[s] > 0]
 
     def texture():
         if len(sources) == 1:
-            return makers[sources[0]]()
-        u = perlin.uniform([], perlin.fold(seed, _SOURCE))
-        bounds = tf.constant([sum(probs[t] for t in sources[:i + 1])
-                              for i in range(len(sources) - 1)], tf.float32)
-        branch = tf.reduce_sum(tf.cast(u >= bounds, tf.int32))
-        return tf.switch_case(branch, [makers[s] for s in sources])
+            chosen = makers[sources[0]]()
+        else:
+            u = perlin.uniform([], perlin.fold(seed, _SOURCE))
+            bounds = tf.constant([sum(probs[t] for t in sources[:i + 1])
+                                  for i in range(len(sources) - 1)], tf.float32)
+            branch = tf.reduce_sum(tf.cast(u >= bounds, tf.int32))
+            chosen = tf.switch_case(branch, [makers[s] for s in sources])
+        return texture_ops.augment(chosen, perlin.fold(seed, _TEXTURE_OPS), params.texture_ops)
 
     def anomalous():
-        mask = anomaly_mask(height, width, perlin.fold(seed, _MASK), params)
+        mask = anomaly_mask(height, width, perlin.fold(seed, _MASK), params, roi)
         beta = perlin.uniform([], perlin.fold(seed, _BETA), params.beta_min, params.beta_max)
-        blended = tf.clip_by_value((1.0 - beta) * image + beta * texture(), 0.0, 1.0)
+        n = texture()
+        if params.match_intensity_prob > 0:
+            n = tf.where(_coin(seed, _MATCH, params.match_intensity_prob),
+                         match_intensity(n, image, mask), n)
+        blended = tf.clip_by_value((1.0 - beta) * image + beta * n, 0.0, 1.0)
         return tf.where(mask > 0, blended, image), mask
 
     def clean():
