@@ -3,7 +3,8 @@
   grdnet-train --config=configs/cpu_small.py --model_dir=runs/tire \
       --data_dir=../shared/data/mvtec3d_tire [--config.train.epochs=10 ...]
 
-Running the same command again resumes from the last checkpoint in --model_dir.
+Running the same command again resumes from the last checkpoint in --model_dir (with the
+same config and data; --resume_with_changes otherwise).
 """
 import os
 
@@ -19,6 +20,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Run directory (checkpoints, logs).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "MVTec-style category folder.")
+_RESUME_WITH_CHANGES = flags.DEFINE_boolean(
+    "resume_with_changes", False, "Resume --model_dir even when the config or the data "
+    "differ from its config.json / data.json (the differences are logged).")
 
 
 def main(argv):
@@ -38,8 +42,10 @@ def main(argv):
     from grdnet_tf.training import train_lib  # imports TensorFlow: after the cheap checks
     logging.set_verbosity(logging.INFO)
     try:
-        summary = train_lib.train(_CONFIG.value, _DATA_DIR.value, _MODEL_DIR.value)
-    except common.USER_ERRORS as e:
+        summary = train_lib.train(_CONFIG.value, _DATA_DIR.value, _MODEL_DIR.value,
+                                  resume_with_changes=_RESUME_WITH_CHANGES.value)
+    except common.USER_ERRORS + (FloatingPointError,) as e:
+        # + a diverged run, stopped before saving bad weights
         common.fail(str(e))
     print(f"trained {summary['epochs']} epochs ({summary['steps']} steps); "
           f"checkpoints: {summary['checkpoint']}; TensorBoard: tensorboard --logdir "
