@@ -93,7 +93,7 @@ def restore_newest_readable(checkpoint, directory, log_fn):
         raise CheckpointRestoreError(
             f"{directory} holds checkpoint files but none can be restored ("
             + ("; ".join(failures) or "no ckpt-N.index file") + "). Refusing to start "
-            f"training from step 1 over them: move them away or choose another --model_dir")
+            "training from step 1 over them: move them away or choose another --model_dir")
     return None
 
 
