@@ -157,8 +157,8 @@ from dist_worker import make_config
 from grdnet_tf.training import train_lib
 data_dir, model_dir, kill_step = sys.argv[2], sys.argv[3], int(sys.argv[4])
 real_save = train_lib._save
-def save(manager, step, chief, guard=None):
-    path = real_save(manager, step, chief, guard)
+def save(manager, step, chief, *guard):
+    path = real_save(manager, step, chief, *guard)
     if manager.directory.endswith("checkpoints") and step == kill_step:
         os.kill(os.getpid(), signal.SIGKILL)
     return path
