@@ -41,6 +41,7 @@ NON_NEGATIVE = (
     "synthesis.texture_builtin_weight", "synthesis.texture_ops", "synthesis.mask_area_min",
     "synthesis.mask_area_max", "optimizer.min_learning_rate", "train.steps_per_epoch", "train.eval_every_epochs",
     "data.patch_scale", "data.patch_stride", "scoring.smoothing_kernel",
+    "train.worker_timeout_seconds",
 )
 POSITIVE_INT = (
     "model.base_width", "model.stages", "model.blocks_per_stage", "model.max_width",
@@ -220,6 +221,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.batch_size = 8  # global batch, over all replicas
     c.train.steps_per_epoch = 0  # 0 = one pass over the training images
     c.train.strategy = "auto"  # "auto", "mirrored", "multi_worker" or "default"
+    # multi_worker: seconds to wait for every worker of TF_CONFIG to start before failing
+    # with an error naming them; 0 waits forever.
+    c.train.worker_timeout_seconds = 600
     c.train.mixed_precision = False
     c.train.jit_compile = False
     c.train.checkpoint_every_steps = 200
@@ -397,8 +401,9 @@ def validate(config) -> None:
         if size[0] % factor or size[1] % factor:
             raise ValueError(f"config data.image_size={size} must be divisible by "
                              f"2**{key}={factor}")
-    if not 0.0 < config.optimizer.learning_rate:
-        raise ValueError("config optimizer.learning_rate must be > 0")
+    if not 0.0 < config.optimizer.learning_rate < math.inf:
+        raise ValueError(f"config optimizer.learning_rate={config.optimizer.learning_rate!r} "
+                         f"must be a finite number > 0")
     if not 0.0 < config.optimizer.plateau_factor <= 1.0:
         raise ValueError("config optimizer.plateau_factor must lie in (0, 1]")
     kernel = config.scoring.smoothing_kernel

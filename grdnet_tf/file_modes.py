@@ -4,9 +4,13 @@
 umask, so a PNG written through a temporary file, or an export version renamed from a
 temporary folder, would be unreadable to other users (a TF Serving process running as
 another user could not load the model). `follow_umask` gives them the mode a plain
-``open`` / ``os.makedirs`` would: 0644 / 0755 under umask 022.
+``open`` / ``os.makedirs`` would: 0644 / 0755 under umask 022. `replace_dir` puts a
+finished temporary folder in place of an output folder (so no stale files of an earlier
+run stay among the new ones).
 """
 import os
+import shutil
+import tempfile
 import threading
 
 _LOCK = threading.Lock()
@@ -23,3 +27,15 @@ def umask():
 def follow_umask(path, directory=False):
     """chmod `path` (a file, or with `directory` a folder) to 0666 / 0777 minus the umask."""
     os.chmod(path, (0o777 if directory else 0o666) & ~umask())
+
+
+def replace_dir(new_dir, final_dir):
+    """Puts the finished `new_dir` in place of `final_dir` (whose old content goes)."""
+    old_dir = None
+    if os.path.exists(final_dir):
+        old_dir = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(final_dir))
+        os.rename(final_dir, os.path.join(old_dir, "content"))
+    follow_umask(new_dir, directory=True)  # mkdtemp made it 0700
+    os.rename(new_dir, final_dir)
+    if old_dir:
+        shutil.rmtree(old_dir, ignore_errors=True)

@@ -3,6 +3,9 @@
 Training writes it; evaluation, prediction and export read it. Layout of ``--model_dir``:
 
   config.json          resolved config of the run (written at the start)
+  data.json            the data it was trained on: folder, image counts, a fingerprint
+  .lock                held (flock) by the training that writes the run; the kernel
+                       releases it when that process ends, also on kill -9
   checkpoints/         tf.train.CheckpointManager: networks, optimizers, epoch, step,
                        plateau state (resume point; see grdnet_tf.training.checkpoints)
   best/                the checkpoint with the best validation loss (max_to_keep=1) and
@@ -12,8 +15,14 @@ Training writes it; evaluation, prediction and export read it. Layout of ``--mod
   logs/train, logs/validation   TensorBoard event files
 """
 import dataclasses
+import errno
+import fcntl
+import glob
+import hashlib
 import json
 import os
+import shutil
+import socket
 
 import tensorflow as tf
 
@@ -21,6 +30,8 @@ from grdnet_tf import config as config_lib
 from grdnet_tf.models import build_grdnet
 
 CONFIG_JSON = "config.json"
+DATA_JSON = "data.json"
+LOCK_FILE = ".lock"
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
 BEST_JSON = "best.json"
@@ -38,10 +49,15 @@ def write_json(path, payload):
 
 
 def read_json(path):
+    """The JSON value of `path`, None when it does not exist; ValueError naming the file
+    when it is not JSON (truncated, hand-edited)."""
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{path} is not valid JSON ({e})") from e
 
 
 def write_run_config(config, model_dir) -> str:
@@ -61,8 +77,16 @@ def load_run_config(model_dir):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: --model_dir={model_dir} is not a "
                                 f"grdnet_tf training run")
-    with open(path, encoding="utf-8") as f:
-        return config_lib.from_dict(json.load(f))
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+        if not isinstance(values, dict):
+            raise ValueError(f"expected a JSON object, found {type(values).__name__}")
+        return config_lib.from_dict(values)
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as e:
+        # json.JSONDecodeError is a ValueError: a truncated file lands here too.
+        raise ValueError(f"{path} is not a valid run config ({type(e).__name__}: {e}); "
+                         f"restore it or train into a new --model_dir") from e
 
 
 def read_calibration(model_dir):
@@ -112,3 +136,121 @@ def load_for_inference(model_dir, checkpoint="best"):
     threshold = None if calibration is None else float(calibration["threshold"])
     return LoadedRun(config=config, model=model, checkpoint_path=path, threshold=threshold,
                      calibration=calibration)
+
+
+class RunLockedError(FileExistsError):
+    """Another live process trains into the same run directory."""
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<model_dir>/.lock`` held while a training writes the run.
+
+    The kernel drops the lock when the holding process exits, however it dies (kill -9
+    included), so a stale lock never blocks; the file itself stays and records the last
+    holder (host, pid) for the error message. ``flock`` is local to one machine: on a
+    network file system shared by several hosts it may not exclude a second host.
+    """
+
+    def __init__(self, model_dir):
+        os.makedirs(model_dir, exist_ok=True)
+        self.path = os.path.join(model_dir, LOCK_FILE)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(self._fd, 200, 0).decode("utf-8", "replace").strip()
+            os.close(self._fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            raise RunLockedError(
+                f"{model_dir} is in use by another training ({holder or 'unknown process'}, "
+                f"lock {self.path}); wait for it to finish or use another --model_dir"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"host={socket.gethostname()} pid={os.getpid()}\n".encode(), 0)
+
+    def release(self):
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def remove_stale_temporaries(model_dir):
+    """Deletes what a killed writer leaves behind (call with the run locked): TensorFlow's
+    ``checkpoint.tmp*`` state files and ``ckpt-N_temp`` folders, and the ``*.tmp`` files of
+    write_json. Returns the removed paths."""
+    patterns = [os.path.join(model_dir, "*.tmp"), os.path.join(model_dir, BEST_DIR, "*.tmp")]
+    for sub in (CHECKPOINT_DIR, BEST_DIR):
+        patterns += [os.path.join(model_dir, sub, "checkpoint.tmp*"),
+                     os.path.join(model_dir, sub, "ckpt-*_temp")]
+    removed = sorted({p for pattern in patterns for p in glob.glob(pattern)})
+    for path in removed:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+    return removed
+
+
+def data_record(data_dir, train_samples, val_samples):
+    """What data.json records about the training data: the folder, the image counts and
+    a fingerprint of the training and validation files (relative paths and sizes)."""
+    root = os.path.abspath(data_dir)
+    digest = hashlib.sha256()
+    for split, samples in (("train", train_samples), ("validation", val_samples)):
+        for sample in sorted(samples, key=lambda s: s.path):
+            size = os.path.getsize(sample.path) if os.path.isfile(sample.path) else -1
+            digest.update(f"{split}\0{os.path.relpath(sample.path, root)}\0{size}\n".encode())
+    return {"data_dir": root, "train_images": len(train_samples),
+            "validation_images": len(val_samples), "fingerprint": digest.hexdigest()}
+
+
+# Keys that may change when a run resumes: they change how long and how it is logged and
+# saved, or the learning rate (the NaN guard asks for a lower one), not what the
+# checkpoint means.
+RESUMABLE_KEYS = ("train.epochs", "train.log_every_steps", "train.image_every_steps",
+                  "train.checkpoint_every_steps", "train.keep_checkpoints",
+                  "train.eval_every_epochs", "train.jit_compile",
+                  "train.worker_timeout_seconds",
+                  "optimizer.learning_rate", "optimizer.min_learning_rate")
+
+
+def _flatten(values, prefix=""):
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def config_differences(old_config, new_config, ignore=RESUMABLE_KEYS):
+    """Sorted [(dotted key, old value, new value)] of two configs, without `ignore`."""
+    old = _flatten(json.loads(config_lib.to_json(old_config)))
+    new = _flatten(json.loads(config_lib.to_json(new_config)))
+    return [(key, old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
+            if key not in ignore and old.get(key) != new.get(key)]
+
+
+def resume_mismatches(model_dir, config, record):
+    """Why resuming `model_dir` with `config` on the data `record` is not the same run:
+    lines naming each differing config key (against config.json) and data field (against
+    data.json); [] when they agree or the run has no config.json yet."""
+    if not os.path.isfile(os.path.join(model_dir, CONFIG_JSON)):
+        return []
+    lines = [f"config {key}: {old!r} in {os.path.join(model_dir, CONFIG_JSON)}, now {new!r}"
+             for key, old, new in config_differences(load_run_config(model_dir), config)]
+    recorded = read_json(os.path.join(model_dir, DATA_JSON))
+    if recorded is not None:
+        lines += [f"data {key}: {recorded.get(key)!r} in {os.path.join(model_dir, DATA_JSON)}"
+                  f", now {record.get(key)!r}" for key in sorted(record)
+                  if recorded.get(key) != record.get(key)]
+    return lines

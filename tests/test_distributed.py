@@ -16,7 +16,8 @@ from helpers_run import REPO_ROOT
 
 WORKER = os.path.join(REPO_ROOT, "tests", "dist_worker.py")
 TIMEOUT = 300
-RUN_ENTRIES = ["best", "calibration.json", "checkpoints", "config.json", "history.json", "logs"]
+RUN_ENTRIES = [".lock", "best", "calibration.json", "checkpoints", "config.json", "data.json",
+               "history.json", "logs"]
 
 
 def _env(**extra):

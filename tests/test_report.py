@@ -111,7 +111,7 @@ def test_predict_writes_defect_masks_and_normalised_scores(tiny_run, demo_catego
     served = scoring.score_images(run.model, image[None], params, decision)
     assert float(rows[0]["normalized_score"]) == pytest.approx(
         float(served[keys.NORMALIZED_SCORE][0]), abs=1e-5)
-    name = eval_lib._safe_name(rows[0]["path"])
+    name = os.path.relpath(rows[0]["heatmap"], "heatmaps")  # masks/ has heatmaps/' names
     written = cv2.imread(str(tmp_path / "masks" / name), cv2.IMREAD_GRAYSCALE)
     want = served[keys.ANOMALY_MASK][0].numpy() * 255
     assert written.shape == want.shape and set(np.unique(written)) <= {0, 255}

@@ -183,8 +183,9 @@ def test_run_directory(resumed_run):
     assert 0.0 <= calibration["threshold"] <= 1.0
     assert calibration["threshold"] == pytest.approx(run.summary["threshold"])
     assert os.path.basename(calibration["checkpoint"]) == f"ckpt-{best['step']}"
-    assert sorted(os.listdir(model_dir)) == ["best", "calibration.json", "checkpoints",
-                                             "config.json", "history.json", "logs"]
+    assert sorted(os.listdir(model_dir)) == [".lock", "best", "calibration.json",
+                                             "checkpoints", "config.json", "data.json",
+                                             "history.json", "logs"]
 
 
 def test_tensorboard_events(resumed_run):

@@ -4,6 +4,7 @@ or LiteRT (TFLite) model.
     grdnet-export --model_dir=RUN --export_dir=BASE [--format=saved_model|onnx|litert]
                   [--version=N] [--overwrite] [--checkpoint=best|latest|PATH]
                   [--threshold=FLOAT] [--pixel_threshold=FLOAT] [--input_size=H,W]
+                  [--max_pixels=N]
 
 Writes BASE/N/ (N: one more than the largest existing version, 1 for an empty BASE) and
 prints its path. See grdnet_tf/serving/export_lib.py, grdnet_tf/serving/edge.py and
@@ -35,6 +36,9 @@ _FORMAT = flags.DEFINE_enum("format", "saved_model", ["saved_model", "onnx", "li
 _INPUT_SIZE = flags.DEFINE_list(
     "input_size", None, "HEIGHT,WIDTH of the fixed input of an onnx / litert export "
     "(litert default: the model input size; onnx default: any size).")
+_MAX_PIXELS = flags.DEFINE_integer(
+    "max_pixels", 2 ** 24, "Decoded pixels (height x width, summed over the batch) one "
+    "request may hold; larger requests get an InvalidArgument error (export/README.md).")
 
 
 def main(argv):
@@ -48,7 +52,8 @@ def main(argv):
                                      checkpoint=_CHECKPOINT.value, threshold=_THRESHOLD.value,
                                      pixel_threshold=_PIXEL_THRESHOLD.value,
                                      export_format=_FORMAT.value,
-                                     input_size=_input_size())
+                                     input_size=_input_size(),
+                                     max_pixels=_MAX_PIXELS.value)
     except common.USER_ERRORS as e:
         common.fail(str(e))
     print(path)

@@ -2,6 +2,10 @@
 its category folder.
 
     grdnet-demo-data --output_dir=demo_data [--seed=0] [--category=widget]
+
+Run again, it reuses an identical dataset, or deletes only the files its marker
+``DEMO_DATASET.txt`` lists before writing the new ones; files it did not write stop it with
+an error naming them.
 """
 from absl import flags
 

@@ -7,7 +7,8 @@
 overridden with --config.KEY=VALUE (the keys are documented in grdnet_tf/config.py). The
 category folder is in MVTec AD, native MVTec 3D-AD or plain folder layout
 (--config.data.layout, grdnet_tf/data/mvtec.py). Running the same command again resumes
-from the last checkpoint in --model_dir.
+from the last checkpoint in --model_dir (with the same config and data;
+--resume_with_changes otherwise).
 """
 import os
 
@@ -22,6 +23,9 @@ _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Run directory (checkpoints,
                                  "config.json, calibration.json); created if missing.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "The category folder (MVTec AD, MVTec "
                                 "3D-AD or plain folder layout; see --config.data.layout).")
+_RESUME_WITH_CHANGES = flags.DEFINE_boolean(
+    "resume_with_changes", False, "Resume --model_dir even when the config or the data "
+    "differ from its config.json / data.json (the differences are logged).")
 
 
 def main(argv):
@@ -36,8 +40,10 @@ def main(argv):
     with common.quiet_import():  # TensorFlow loads: after the cheap checks
         from grdnet_tf.training import train_lib
     try:
-        summary = train_lib.train(config, _DATA_DIR.value, _MODEL_DIR.value)
-    except common.USER_ERRORS as e:
+        summary = train_lib.train(config, _DATA_DIR.value, _MODEL_DIR.value,
+                                  resume_with_changes=_RESUME_WITH_CHANGES.value)
+    except common.USER_ERRORS + (FloatingPointError,) as e:
+        # + a diverged run, stopped before saving bad weights
         common.fail(str(e))
     print(f"trained {summary['epochs']} epochs ({summary['steps']} steps); "
           f"checkpoints: {summary['checkpoint']}; TensorBoard: tensorboard --logdir "

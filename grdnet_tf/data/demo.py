@@ -11,13 +11,17 @@ bright blotchy spots and bright grainy scratches. Layout of ``<output_dir>/<cate
     ground_truth/<defect>/NNN_mask.png        its pixels (0/255)
     test/good_outside_roi/NNN.png the same kinds of defects, only on the background: label 0
     test_roi/<folder>/NNN.png     disk masks of every test image
-    DEMO_DATASET.txt              marker: the folder may be regenerated (deleted) safely
+    DEMO_DATASET.txt              marker: the arguments, then every file written
+
+Running it again with the same arguments reuses the files; with others it deletes the files
+the marker lists and writes the new ones. Files the marker does not list (a user's) are
+never deleted: their presence stops it with an error naming them.
 
 numpy + OpenCV only; one random generator per image seeded by (seed, split, index), so the
 same arguments give byte-identical files.
 """
 import os
-import shutil
+import re
 
 import cv2
 import numpy as np
@@ -171,26 +175,30 @@ def make_demo_dataset(output_dir, seed=0, image_size=(128, 128), n_train=120, n_
         images are split between ``spot`` and ``scratch``.
       category: folder name.
     Raises:
-      FileExistsError: the category folder exists, is not empty and is not a demo dataset
-        (no marker file); a previous demo dataset there is replaced.
+      FileExistsError: the category folder holds files that are not part of a demo
+        dataset written here (no marker file, or files the marker does not list).
     """
     if min(image_size) < 64:
         raise ValueError(f"image_size={image_size} must be at least 64x64")
     category_dir = os.path.join(output_dir, category)
-    if os.path.isdir(category_dir) and os.listdir(category_dir):
-        if not os.path.isfile(os.path.join(category_dir, MARKER)):
-            raise FileExistsError(f"{category_dir} exists and is not a demo dataset; choose "
-                                  f"another --output_dir or --category")
-        shutil.rmtree(category_dir)
+    header = (f"grdnet_tf demo dataset: seed={seed} image_size={tuple(image_size)} "
+              f"train={n_train} test_good={n_test_good} test_defect={n_test_defect} "
+              f"test_outside={n_test_outside}")
+    if _previous_dataset(category_dir, header):
+        return category_dir
     os.makedirs(category_dir, exist_ok=True)
+    written = []
 
     def write(folder, index, image, roi, roi_folder, mask=None, defect=None):
         stem = f"{index:03d}"
-        _write_png(os.path.join(category_dir, folder, stem + ".png"), image)
-        _write_png(os.path.join(category_dir, roi_folder, stem + ".png"), roi * 255)
+        files = [(os.path.join(folder, stem + ".png"), image),
+                 (os.path.join(roi_folder, stem + ".png"), roi * 255)]
         if mask is not None:
-            _write_png(os.path.join(category_dir, "ground_truth", defect, stem + "_mask.png"),
-                       mask.astype(np.uint8) * 255)
+            files.append((os.path.join("ground_truth", defect, stem + "_mask.png"),
+                          mask.astype(np.uint8) * 255))
+        for relative, pixels in files:
+            _write_png(os.path.join(category_dir, relative), pixels)
+            written.append(relative)
 
     for i in range(n_train):
         image, roi, _ = _image(seed, "train", i, image_size)
@@ -207,7 +215,74 @@ def make_demo_dataset(output_dir, seed=0, image_size=(128, 128), n_train=120, n_
         image, roi, _ = _image(seed, "good_outside_roi", i, image_size, outside=True)
         write("test/good_outside_roi", i, image, roi, "test_roi/good_outside_roi")
     with open(os.path.join(category_dir, MARKER), "w", encoding="utf-8") as f:
-        f.write(f"grdnet_tf demo dataset: seed={seed} image_size={tuple(image_size)} "
-                f"train={n_train} test_good={n_test_good} test_defect={n_test_defect} "
-                f"test_outside={n_test_outside}\n")
+        f.write(header + "\n" + MARKER_NOTE + "".join(f"{p}\n" for p in written))
     return category_dir
+
+
+MARKER_NOTE = ("# Written by grdnet-demo-data. Running it again with other arguments deletes "
+               "the files listed below\n# (and only those); other files in this folder stop "
+               "it with an error.\n")
+
+
+def _listed_files(category_dir):
+    """(header, files listed) of the marker; ("", None) without a marker."""
+    path = os.path.join(category_dir, MARKER)
+    if not os.path.isfile(path):
+        return "", None
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    header = lines[0] if lines else ""
+    listed = {line for line in lines[1:] if line and not line.startswith("#")}
+    counts = re.search(r"train=(\d+) test_good=(\d+) test_defect=(\d+) test_outside=(\d+)",
+                       header)
+    if not listed and counts:  # a marker of an older version: only the arguments
+        listed = _planned_files(*(int(c) for c in counts.groups()))
+    return header, listed
+
+
+def _planned_files(n_train, n_test_good, n_test_defect, n_test_outside):
+    """The relative paths make_demo_dataset writes for these counts (marker aside)."""
+    n_spot = (n_test_defect + 1) // 2
+    groups = [("train/good", "train/roi", None, n_train),
+              ("test/good", "test_roi/good", None, n_test_good),
+              ("test/spot", "test_roi/spot", "spot", n_spot),
+              ("test/scratch", "test_roi/scratch", "scratch", n_test_defect - n_spot),
+              ("test/good_outside_roi", "test_roi/good_outside_roi", None, n_test_outside)]
+    files = set()
+    for folder, roi_folder, defect, count in groups:
+        for i in range(count):
+            files |= {f"{folder}/{i:03d}.png", f"{roi_folder}/{i:03d}.png"}
+            if defect:
+                files.add(f"ground_truth/{defect}/{i:03d}_mask.png")
+    return files
+
+
+def _previous_dataset(category_dir, header):
+    """Deals with what `category_dir` already holds: True when it is the same demo dataset
+    complete (nothing to write); deletes an older demo dataset's files (False); raises
+    FileExistsError naming files that no demo dataset wrote."""
+    if not os.path.isdir(category_dir):
+        return False
+    present = {os.path.relpath(os.path.join(root, name), category_dir)
+               for root, _, names in os.walk(category_dir) for name in names}
+    if not present:
+        return False
+    old_header, listed = _listed_files(category_dir)
+    if listed is None:
+        raise FileExistsError(f"{category_dir} exists and is not a demo dataset (no {MARKER}); "
+                              f"choose another --output_dir or --category")
+    foreign = sorted(present - listed - {MARKER})
+    if foreign:
+        raise FileExistsError(
+            f"{category_dir} is a demo dataset but holds {len(foreign)} file(s) it did not "
+            f"write ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
+            f"move them out (the demo data is regenerated only where {MARKER} lists every "
+            f"file) or choose another --output_dir")
+    if old_header == header and listed <= present:
+        return True
+    for relative in sorted(listed & present) + [MARKER]:
+        os.remove(os.path.join(category_dir, relative))
+    for root, dirs, names in os.walk(category_dir, topdown=False):
+        if root != category_dir and not os.listdir(root):
+            os.rmdir(root)
+    return False

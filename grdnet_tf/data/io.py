@@ -43,6 +43,24 @@ def is_image_file(name) -> bool:
     return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
 
 
+def jpeg_components(data):
+    """Colour components of a JPEG (1 gray, 3 YCbCr/RGB, 4 CMYK/YCCK) from its frame
+    header, or None when `data` (bytes or uint8 array) is not a JPEG or has none."""
+    data = bytes(data[:2 ** 20])  # the frame header precedes the image data
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker, length = data[pos + 1], int.from_bytes(data[pos + 2:pos + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn
+            return data[pos + 9] if pos + 9 < len(data) else None
+        if marker == 0xFF:
+            pos += 1
+            continue
+        pos += 2 + length
+    return None
+
+
 def _decode(path, flags):
     try:
         data = np.fromfile(path, dtype=np.uint8)  # also handles non-ASCII paths
@@ -50,6 +68,10 @@ def _decode(path, flags):
         raise ImageReadError(path, e.strerror or str(e)) from e
     if data.size == 0:
         raise ImageReadError(path, "the file is empty")
+    if jpeg_components(data) == 4:
+        # OpenCV and TensorFlow (the SavedModel) convert CMYK differently (up to 67 levels).
+        raise ImageReadError(path, "it is a CMYK JPEG; convert it to RGB first (the "
+                                   "exported SavedModel rejects CMYK too)")
     try:
         image = cv2.imdecode(data, flags)
     except cv2.error as e:

@@ -9,11 +9,13 @@ split) is `grdnet_tf.run_scoring`; overlays are drawn at the image's native reso
 import csv
 import glob
 import os
+import shutil
+import tempfile
 
 import numpy as np
 from absl import logging
 
-from grdnet_tf import progress, run_dir, run_scoring
+from grdnet_tf import file_modes, progress, run_dir, run_scoring
 from grdnet_tf.data import io, preprocess
 from grdnet_tf.evaluation import plots, report
 
@@ -96,18 +98,22 @@ def _write_scores_csv(path, paths, defects, labels, scores, threshold):
 
 
 def _write_overlays(output_dir, samples_by_path, scorer, paths, scores, count):
-    """Overlays of the `count` most and least anomalous test images."""
-    overlay_dir = os.path.join(output_dir, "overlays")
-    os.makedirs(overlay_dir, exist_ok=True)
+    """Overlays of the `count` most and least anomalous test images; they replace the
+    overlays/ folder of an earlier evaluation (whose file names hold other scores)."""
+    staging = tempfile.mkdtemp(prefix=".overlays.tmp-", dir=output_dir)
     order = np.argsort(np.asarray(scores))
     chosen = [("most", i) for i in order[::-1][:count]] + [("least", i) for i in order[:count]]
     items = [samples_by_path[paths[i]] for _, i in chosen]
-    scored_items = run_scoring.iter_scored(scorer, items, batch_size=len(items))
-    for (kind, i), scored in zip(chosen, scored_items):
-        sample = scored.sample
-        image = _overlay(scored, sample.mask_path if sample.label else None)
-        plots.save_png(os.path.join(overlay_dir, f"{kind}_{scores[i]:.4f}_"
+    try:
+        scored_items = run_scoring.iter_scored(scorer, items, batch_size=max(1, len(items)))
+        for (kind, i), scored in zip(chosen, scored_items):
+            sample = scored.sample
+            image = _overlay(scored, sample.mask_path if sample.label else None)
+            plots.save_png(os.path.join(staging, f"{kind}_{scores[i]:.4f}_"
                                                  f"{_safe_name(sample.path)}"), image)
+        file_modes.replace_dir(staging, os.path.join(output_dir, "overlays"))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def expand_inputs(pattern):
@@ -126,14 +132,35 @@ def expand_inputs(pattern):
     return sorted(paths)
 
 
+def heatmap_names(paths):
+    """{input path: heatmap file name relative to heatmaps/}: the path relative to the
+    inputs' common folder, extension kept, plus ".png" (``a/x/img.png`` ->
+    ``a/x/img.png.png``), so ``a/x/img.png`` and ``b/x/img.png``, or ``ok.png`` and
+    ``ok.JPG``, never share a heatmap; names equal but for case get ``~2``, ``~3``."""
+    absolute = [os.path.abspath(p) for p in paths]
+    root = os.path.commonpath([os.path.dirname(p) for p in absolute])
+    names, taken = {}, set()
+    for path, full in zip(paths, absolute):
+        stem, copy = os.path.relpath(full, root), 1
+        name = stem + ".png"
+        while name.casefold() in taken:
+            copy += 1
+            name = f"{stem}~{copy}.png"
+        taken.add(name.casefold())
+        names[path] = name
+    return names
+
+
 def predict(model_dir, inputs, output_dir, checkpoint="best", threshold=None, batch_size=8,
             overlays=True, skip_bad_files=False, log_fn=logging.info):
     """Scores images and streams `predictions.csv` (path, score, is_anomalous,
-    normalized_score) + overlays (heatmaps/) + defect masks (masks/, PNG 0/255 at the
-    image's size: map > the calibrated pixel threshold, as the SavedModel's anomaly_mask).
+    normalized_score, heatmap) + one heatmap overlay per image in `heatmaps/` (names:
+    `heatmap_names`) + its defect mask in `masks/` (same name; PNG 0/255 at the image's size:
+    map > the calibrated pixel threshold, as the SavedModel's anomaly_mask).
 
-    The CSV is written to a temporary file and renamed at the end, so an interrupted run
-    never leaves a half-written predictions.csv.
+    The CSV and the heatmaps are written into temporaries that replace predictions.csv
+    and heatmaps/ only at the end: an interrupted or failed run leaves the previous results
+    as they were and no temporaries, and a finished one no heatmaps of earlier inputs.
     """
     run = run_dir.load_for_inference(model_dir, checkpoint)
     scorer = run_scoring.Scorer(run, threshold=threshold)
@@ -141,35 +168,51 @@ def predict(model_dir, inputs, output_dir, checkpoint="best", threshold=None, ba
         raise ValueError(f"{model_dir} has no calibrated threshold (calibration.json): pass "
                          f"--threshold")
     paths = expand_inputs(inputs)
+    names = heatmap_names(paths)
     os.makedirs(output_dir, exist_ok=True)
     overlay_dir = os.path.join(output_dir, "heatmaps")
-    mask_dir = os.path.join(output_dir, "masks")
-    if overlays:
-        os.makedirs(overlay_dir, exist_ok=True)
-        os.makedirs(mask_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".heatmaps.tmp-", dir=output_dir) if overlays else None
+    mask_staging = (tempfile.mkdtemp(prefix=".masks.tmp-", dir=output_dir) if overlays
+                    else None)
     csv_path = os.path.join(output_dir, "predictions.csv")
     tmp = csv_path + ".tmp"
     count = flagged = 0
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "score", "is_anomalous", "normalized_score"])
-        for scored in progress.counted(
-                run_scoring.iter_scored(scorer, paths, batch_size,
-                                        skip_bad_files=skip_bad_files),
-                len(paths), "scoring images", log_fn):
-            is_anomalous = scored.anomaly_score > scorer.threshold
-            normalized = float(scorer.decision.normalize(scored.anomaly_score))
-            writer.writerow([scored.path, f"{scored.anomaly_score:.6f}", int(is_anomalous),
-                             f"{normalized:.6f}"])
-            count += 1
-            flagged += int(is_anomalous)
-            if overlays:
-                plots.save_png(os.path.join(overlay_dir, _safe_name(scored.path)),
-                               _overlay(scored))
-                native = native_map(scored.anomaly_map, scored.image.shape)
-                plots.save_png(os.path.join(mask_dir, _safe_name(scored.path)),
-                               scorer.decision.mask(native).numpy() * np.uint8(255))
-    os.replace(tmp, csv_path)
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "score", "is_anomalous", "normalized_score"]
+                            + (["heatmap"] if overlays else []))
+            for scored in progress.counted(
+                    run_scoring.iter_scored(scorer, paths, batch_size,
+                                            skip_bad_files=skip_bad_files),
+                    len(paths), "scoring images", log_fn):
+                is_anomalous = scored.anomaly_score > scorer.threshold
+                normalized = float(scorer.decision.normalize(scored.anomaly_score))
+                row = [scored.path, f"{scored.anomaly_score:.6f}", int(is_anomalous),
+                       f"{normalized:.6f}"]
+                if overlays:
+                    name = names[scored.path]
+                    for folder in (staging, mask_staging):
+                        os.makedirs(os.path.dirname(os.path.join(folder, name)),
+                                    exist_ok=True)
+                    plots.save_png(os.path.join(staging, name), _overlay(scored))
+                    native = native_map(scored.anomaly_map, scored.image.shape)
+                    plots.save_png(os.path.join(mask_staging, name),
+                                   scorer.decision.mask(native).numpy() * np.uint8(255))
+                    row.append(os.path.join("heatmaps", name))
+                writer.writerow(row)
+                count += 1
+                flagged += int(is_anomalous)
+        if overlays:
+            file_modes.replace_dir(staging, overlay_dir)
+            file_modes.replace_dir(mask_staging, os.path.join(output_dir, "masks"))
+        os.replace(tmp, csv_path)
+    finally:
+        for leftover in (tmp, staging, mask_staging):
+            if leftover and os.path.isdir(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
+            elif leftover and os.path.exists(leftover):
+                os.remove(leftover)
     log_fn(f"scored {count} image(s), {flagged} anomalous at threshold "
            f"{scorer.threshold:.4f}: {csv_path}")
     return {"predictions_csv": csv_path, "count": count, "flagged": flagged,

@@ -13,10 +13,12 @@ panel per image that matters, and a gallery of the errors at the calibrated thre
                                 and the highest-scoring image of every test folder)
 """
 import os
+import shutil
+import tempfile
 
 import numpy as np
 
-from grdnet_tf import run_scoring
+from grdnet_tf import file_modes, run_scoring
 from grdnet_tf.data import io, preprocess
 from grdnet_tf.evaluation import plots
 
@@ -96,6 +98,19 @@ class _Native:
                              self.gt)
 
 
+
+def _write_panels(panel_dir, chosen, native, samples, scores, decision, panels):
+    for i, kind in sorted(chosen.items(), key=lambda kv: (kv[1], -scores[kv[0]])):
+        n = native[i]
+        sample = samples[i]
+        name = f"{kind}_{_name(sample.path)}.png"   # _name: <folder>_<stem>
+        title = plots.verdict_title(_name(sample.path), scores[i], decision.threshold,
+                                    truth=sample.defect)
+        plots.panel_png(os.path.join(panel_dir, name), n.scored.image, n.reconstruction,
+                        n.map, n.mask, decision.pixel_threshold, title, gt_mask=n.gt)
+        panels.append(os.path.join("panels", name))
+
+
 def write_pictures(output_dir, scorer, samples, scores, batch_size=8):
     """Panels, gallery and the annotated ROC of a scored test split (see module docstring).
 
@@ -127,16 +142,13 @@ def write_pictures(output_dir, scorer, samples, scores, batch_size=8):
     for i, scored in zip(wanted, run_scoring.iter_scored(scorer, items, batch_size)):
         native[i] = _Native(scored, decision)
     panels = []
-    panel_dir = os.path.join(output_dir, "panels")
-    for i, kind in sorted(chosen.items(), key=lambda kv: (kv[1], -scores[kv[0]])):
-        n = native[i]
-        sample = samples[i]
-        name = f"{kind}_{_name(sample.path)}.png"   # _name: <folder>_<stem>
-        title = plots.verdict_title(_name(sample.path), scores[i], decision.threshold,
-                                    truth=sample.defect)
-        plots.panel_png(os.path.join(panel_dir, name), n.scored.image, n.reconstruction,
-                        n.map, n.mask, decision.pixel_threshold, title, gt_mask=n.gt)
-        panels.append(os.path.join("panels", name))
+    # Written aside, then in place of panels/: an earlier evaluation's other errors go.
+    panel_dir = tempfile.mkdtemp(prefix=".panels.tmp-", dir=output_dir)
+    try:
+        _write_panels(panel_dir, chosen, native, samples, scores, decision, panels)
+        file_modes.replace_dir(panel_dir, os.path.join(output_dir, "panels"))
+    finally:
+        shutil.rmtree(panel_dir, ignore_errors=True)
     rows = []
     for folder, (label, count, shown) in gallery.items():
         kind = "false positives" if label == 0 else "false negatives"

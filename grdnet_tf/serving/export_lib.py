@@ -33,7 +33,10 @@ Signatures (every input dimension except channels is None: any batch, any size):
 All scoring is ``grdnet_tf.scoring.score_images``: the exported outputs equal the in-process
 ones.
 """
+import ctypes
 import datetime
+import errno
+import fcntl
 import json
 import math
 import os
@@ -42,7 +45,9 @@ import tempfile
 import uuid
 
 import keras
+import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from grdnet_tf import config as config_lib
 from grdnet_tf import file_modes, heatmap, keys, run_dir, scoring
@@ -60,6 +65,11 @@ IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM")
 
 OUTPUTS = (keys.ANOMALY_SCORE, keys.ANOMALY_MAP, keys.IS_ANOMALOUS, keys.RECONSTRUCTION,
            keys.ANOMALY_MASK, keys.NORMALIZED_SCORE)
+# Decoded pixels (height x width, summed over the batch) one request may hold, unless the
+# export sets another limit (grdnet-export --max_pixels): 2**24 = e.g. 16 images of
+# 1024 x 1024. An 8000 x 8000 PNG of 197 KB would otherwise take 24 s and 3.2 GB.
+DEFAULT_MAX_PIXELS = 2 ** 24
+BMP_BITS_PER_PIXEL = (8, 24, 32)  # what tf.io.decode_bmp reads (gray, RGB, RGBA)
 
 IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
 IMAGE_BYTES_SPEC = tf.TensorSpec([None], tf.string, name="image_bytes")
@@ -89,24 +99,163 @@ def heatmap_overlay(images, anomaly_map, alpha=HEATMAP_ALPHA):
     return tf.cast(tf.clip_by_value(tf.round(blend), 0.0, 255.0), tf.uint8)
 
 
-def decode_images(image_bytes):
+# Input validation of the signatures. A SavedModel's signature does not enforce its input
+# shapes (TF Serving and tf.saved_model.load feed any shape), and the graph was traced with
+# the static shapes of the specs, so every check reads the runtime shape through
+# `_runtime_shape`: Grappler cannot fold it into the traced constants.
+
+def _runtime_shape(tensor):
+    """tf.shape(tensor) as the kernel sees it, hidden from graph-time constant folding."""
+    return tf.io.parse_tensor(tf.io.serialize_tensor(tf.shape(tensor)), tf.int32)
+
+
+def _checked(tensor, checks):
+    """`tensor` after the assertions `checks` have passed."""
+    with tf.control_dependencies(checks):
+        return tf.identity(tensor)
+
+
+def _pixel_limit_check(pixels, max_pixels, what):
+    return tf.debugging.Assert(
+        pixels <= max_pixels,
+        [f"{what} exceeds the export limit of max_pixels={max_pixels} decoded pixels per "
+         f"request (grdnet-export --max_pixels, export/README.md); send fewer or smaller "
+         f"images. Pixels (height x width, summed over the batch):", pixels])
+
+
+def check_images(images, max_pixels, signature, name="images"):
+    """uint8 [B, h, w, 3] with B >= 1, h, w >= 1 and at most `max_pixels` pixels in all."""
+    shape = _runtime_shape(images)
+    rank = tf.size(shape)
+    expects = (f"{signature}: {name} must be uint8 [batch >= 1, height, width, 3] (RGB; "
+               f"convert gray or RGBA images first); got shape")
+    padded = tf.concat([shape, tf.zeros([4], tf.int32)], 0)  # indexable at any rank
+    valid = tf.logical_and(tf.equal(rank, 4), tf.equal(padded[3], 3))
+    checks = [tf.debugging.Assert(valid, [expects, shape], summarize=8)]
+    with tf.control_dependencies(checks):
+        sizes = tf.identity(padded[:3])
+    checks += [
+        tf.debugging.Assert(tf.reduce_all(sizes > 0), [expects, shape], summarize=8),
+        _pixel_limit_check(tf.reduce_prod(tf.cast(sizes, tf.int64)), max_pixels,
+                           f"{signature}: {name}")]
+    return _checked(images, checks)
+
+
+def check_roi(roi, images):
+    """serve_roi's roi: uint8 [B, h, w] matching images [B, h, w, 3]."""
+    shape, image_shape = _runtime_shape(roi), _runtime_shape(images)
+    same = tf.logical_and(tf.equal(tf.size(shape), 3),
+                          tf.reduce_all(tf.equal(tf.concat([shape, [0, 0, 0]], 0)[:3],
+                                                 image_shape[:3])))
+    return _checked(roi, [tf.debugging.Assert(
+        same, ["serve_roi: roi must be uint8 [batch, height, width] (nonzero = inside) "
+               "matching images [batch, height, width, 3]; got roi shape", shape,
+               "images shape", image_shape], summarize=8)])
+
+
+def check_image_bytes(image_bytes):
+    """serve_bytes' image_bytes: a string vector [B >= 1] of encoded images."""
+    shape = _runtime_shape(image_bytes)
+    valid = tf.logical_and(tf.equal(tf.size(shape), 1), tf.reduce_prod(shape) > 0)
+    return _checked(image_bytes, [tf.debugging.Assert(
+        valid, ["serve_bytes: image_bytes must be a string vector [batch >= 1] holding at "
+                "least one encoded PNG, JPEG or BMP image, one per element; got shape",
+                shape],
+        summarize=8)])
+
+
+def _little_endian(data, start, length):
+    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(data, start, length), tf.uint8),
+                  tf.int64)
+    return tf.reduce_sum(raw * tf.constant([256 ** i for i in range(length)], tf.int64))
+
+
+def _big_endian(data, start, length):
+    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(data, start, length), tf.uint8),
+                  tf.int64)
+    return tf.reduce_sum(raw * tf.constant([256 ** i for i in range(length)][::-1],
+                                           tf.int64))
+
+
+def _signed32(value):
+    return tf.where(value >= 2 ** 31, value - 2 ** 32, value)
+
+
+def encoded_image_size(data, index):
+    """(height, width) int64 read from the header of one PNG, JPEG or BMP string, without
+    decoding it; InvalidArgumentError naming image_bytes[index] for an unknown format, a
+    header too short to hold a size, a CMYK JPEG or a BMP header with impossible fields."""
+    length = tf.cast(tf.strings.length(data), tf.int64)
+    is_png = tf.equal(tf.strings.substr(data, 0, 8), IMAGE_MAGIC[0])
+    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), IMAGE_MAGIC[1])
+    is_bmp = tf.equal(tf.strings.substr(data, 0, 2), IMAGE_MAGIC[2])
+    name = tf.strings.format("image_bytes[{}] ({} bytes)", (index, length))
+    checks = [tf.debugging.Assert(tf.reduce_any([is_png, is_jpeg, is_bmp]), [
+        tf.strings.join([name, " is not a PNG, JPEG or BMP image"])])]
+    with tf.control_dependencies(checks):
+        data = tf.identity(data)
+
+    def png():
+        check = tf.debugging.Assert(length >= 24, [tf.strings.join(
+            [name, " is a truncated PNG (no IHDR header)"])])
+        with tf.control_dependencies([check]):
+            return tf.stack([_big_endian(data, 20, 4), _big_endian(data, 16, 4)])
+
+    def jpeg():
+        shape = tf.io.extract_jpeg_shape(data, output_type=tf.int64)
+        check = tf.debugging.Assert(shape[2] != 4, [tf.strings.join(
+            [name, " is a CMYK JPEG: convert it to RGB first (CMYK is not decoded the "
+                   "same way everywhere, grdnet-predict rejects it too)"])])
+        with tf.control_dependencies([check]):
+            return tf.identity(shape[:2])
+
+    def bmp():
+        short = tf.debugging.Assert(length >= 30, [tf.strings.join(
+            [name, " is a truncated BMP (no complete header)"])])
+        with tf.control_dependencies([short]):
+            offset, header = _little_endian(data, 10, 4), _little_endian(data, 14, 4)
+            width = _signed32(_little_endian(data, 18, 4))
+            height = tf.abs(_signed32(_little_endian(data, 22, 4)))
+            bits = _little_endian(data, 28, 2)
+        row = (width * bits + 31) // 32 * 4
+        sane = tf.reduce_all([
+            header >= 12, width > 0, height > 0,
+            tf.reduce_any(tf.equal(bits, tf.constant(BMP_BITS_PER_PIXEL, tf.int64))),
+            offset >= 14 + header, offset + row * height <= length])
+        check = tf.debugging.Assert(sane, [tf.strings.join(
+            [name, " is a corrupt or truncated BMP: its header (width, height, bits per "
+                   "pixel, pixel offset, file length) is"]),
+            width, height, bits, offset, length])
+        with tf.control_dependencies([check]):
+            return tf.stack([height, width])
+
+    return tf.case([(is_png, png), (is_jpeg, jpeg)], default=bmp, exclusive=False)
+
+
+def check_encoded_sizes(image_bytes, max_pixels):
+    """Reads every header of a serve_bytes request and fails before any decoding when the
+    images together exceed `max_pixels`."""
+    batch = tf.shape(image_bytes)[0]
+    sizes = tf.map_fn(lambda args: encoded_image_size(*args),
+                      (image_bytes, tf.range(batch)),
+                      fn_output_signature=tf.TensorSpec([2], tf.int64))
+    pixels = tf.reduce_sum(sizes[:, 0] * sizes[:, 1])
+    return _checked(image_bytes, [_pixel_limit_check(pixels, max_pixels,
+                                                     "serve_bytes: image_bytes")])
+
+
+def decode_images(image_bytes, max_pixels=DEFAULT_MAX_PIXELS):
     """string [B] of PNG/JPEG/BMP -> uint8 [B, h, w, 3]; InvalidArgumentError when corrupt.
 
-    Every image of the batch must have the same size (the outputs are dense tensors).
+    Every image of the batch must have the same size (the outputs are dense tensors); the
+    headers are checked first (check_image_bytes, check_encoded_sizes), so a request over
+    `max_pixels` is refused without decoding it.
     """
+    image_bytes = check_encoded_sizes(check_image_bytes(image_bytes), max_pixels)
     batch = tf.shape(image_bytes)[0]
-    checks = [tf.debugging.assert_positive(
-        batch, message="image_bytes must hold at least one encoded image")]
 
     def decode_one(args):
-        data, index = args
-        known = tf.reduce_any([tf.equal(tf.strings.substr(data, 0, len(magic)), magic)
-                               for magic in IMAGE_MAGIC])
-        message = tf.strings.format(
-            "image_bytes[{}] is not a PNG, JPEG or BMP image ({} bytes)",
-            (index, tf.strings.length(data)))
-        with tf.control_dependencies([tf.debugging.Assert(known, [message])]):
-            data = tf.identity(data)
+        data, _ = args  # formats and headers were checked by check_encoded_sizes
         image = tf.cond(
             tf.equal(tf.strings.substr(data, 0, 3), IMAGE_MAGIC[1]),
             # OpenCV's (libjpeg's) accurate integer IDCT, as grdnet-predict and the training
@@ -117,11 +266,10 @@ def decode_images(image_bytes):
         # int64 cast: a raw Shape output inside map_fn trips a TF type-inference warning.
         return tf.reshape(image, [-1]), tf.cast(tf.shape(image), tf.int64)
 
-    with tf.control_dependencies(checks):
-        flat, shapes = tf.map_fn(
-            decode_one, (image_bytes, tf.range(batch)),
-            fn_output_signature=(tf.RaggedTensorSpec([None], tf.uint8, ragged_rank=0),
-                                 tf.TensorSpec([3], tf.int64)))
+    flat, shapes = tf.map_fn(
+        decode_one, (image_bytes, tf.range(batch)),
+        fn_output_signature=(tf.RaggedTensorSpec([None], tf.uint8, ragged_rank=0),
+                             tf.TensorSpec([3], tf.int64)))
     same_size = tf.debugging.Assert(
         tf.reduce_all(tf.equal(shapes, shapes[:1])),
         ["all images of one serve_bytes request must have the same size; send images of "
@@ -141,7 +289,7 @@ def outputs_of(model, params, decision, images, roi=None):
     return {key: out[key] for key in OUTPUTS}
 
 
-def serving_functions(model, params, threshold):
+def serving_functions(model, params, threshold, max_pixels=DEFAULT_MAX_PIXELS):
     """The three signature functions of the export, as tf.functions with None dimensions.
 
     Args:
@@ -149,6 +297,7 @@ def serving_functions(model, params, threshold):
         params: `scoring.ScoringParams` (model size, channels, window, patch mode).
         threshold: `scoring.Decision` (or a float image threshold: score > threshold is
             anomalous, default pixel threshold and span).
+        max_pixels: decoded pixels (height x width over the batch) one request may hold.
 
     Returns {signature name: tf.function}, serving_default first.
     """
@@ -158,13 +307,15 @@ def serving_functions(model, params, threshold):
     def outputs(images, roi=None):
         return outputs_of(model, params, decision, images, roi)
 
+    max_pixels = int(max_pixels)
+
     @tf.function(input_signature=[IMAGES_SPEC], autograph=False)
     def serve(images):
-        return outputs(images)
+        return outputs(check_images(images, max_pixels, "serving_default"))
 
     @tf.function(input_signature=[IMAGE_BYTES_SPEC], autograph=False)
     def serve_bytes(image_bytes):
-        images = decode_images(image_bytes)
+        images = decode_images(image_bytes, max_pixels)
         out = outputs(images)
         heatmaps = heatmap_overlay(images, out[keys.ANOMALY_MAP])
         out[HEATMAP_PNG_BYTES] = tf.map_fn(tf.io.encode_png, heatmaps,
@@ -173,13 +324,8 @@ def serving_functions(model, params, threshold):
 
     @tf.function(input_signature=[IMAGES_SPEC, ROI_SPEC], autograph=False)
     def serve_roi(images, roi):
-        check = tf.debugging.assert_equal(
-            tf.shape(roi), tf.shape(images)[:3],
-            message="roi must be uint8 [batch, height, width] matching images "
-                    "[batch, height, width, 3]")
-        with tf.control_dependencies([check]):
-            roi = tf.identity(roi)
-        return outputs(images, roi=roi)
+        images = check_images(images, max_pixels, "serve_roi")
+        return outputs(images, roi=check_roi(roi, images))
 
     return {"serving_default": serve, "serve_bytes": serve_bytes, "serve_roi": serve_roi}
 
@@ -293,8 +439,31 @@ def _write_metadata(version_dir, metadata):
     run_dir.write_json(os.path.join(version_dir, METADATA_DIR, METADATA_JSON), metadata)
 
 
+def _exchange(path_a, path_b):
+    """Atomically swaps two directories (Linux renameat2 RENAME_EXCHANGE); False where the
+    system or file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(path_a), at_fdcwd, os.fsencode(path_b),
+                 rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(code, os.strerror(code), path_b)
+
+
 def _install(tmp_dir, final_dir, overwrite):
-    """Renames the finished tmp folder into place; with overwrite swaps out the old one."""
+    """Renames the finished tmp folder into place; with overwrite swaps out the old one.
+
+    The swap is one atomic exchange where the system allows it, so a reader (or a kill)
+    sees the old or the new version, never neither; elsewhere it is two renames, and a
+    kill between them leaves ``.old-<N>-*`` that the next export puts back
+    (repair_interrupted_overwrite).
+    """
     if not os.path.exists(final_dir):
         os.rename(tmp_dir, final_dir)   # fails if another writer created it meanwhile
         return
@@ -302,12 +471,15 @@ def _install(tmp_dir, final_dir, overwrite):
         raise FileExistsError(f"{final_dir} already exists; pass --overwrite to replace it")
     base, name = os.path.split(final_dir)
     old_dir = os.path.join(base, f"{OLD_PREFIX}{name}-{uuid.uuid4().hex[:8]}")
-    os.rename(final_dir, old_dir)
-    try:
-        os.rename(tmp_dir, final_dir)
-    except BaseException:
-        os.rename(old_dir, final_dir)
-        raise
+    if _exchange(tmp_dir, final_dir):  # tmp_dir now holds the replaced version
+        os.rename(tmp_dir, old_dir)
+    else:
+        os.rename(final_dir, old_dir)
+        try:
+            os.rename(tmp_dir, final_dir)
+        except BaseException:
+            os.rename(old_dir, final_dir)
+            raise
     shutil.rmtree(old_dir, ignore_errors=True)
 
 
@@ -316,10 +488,10 @@ def _edge():
     return edge
 
 
-def _writer(export_format, model, params, decision, input_size):
-    """A function writing the model files of `export_format` into a version folder."""
+def _writer(export_format, model, params, decision, input_size, functions):
+    """A function writing the model files of `export_format` into a version folder
+    (`functions`: the SavedModel's serving functions)."""
     if export_format == "saved_model":
-        functions = serving_functions(model, params, decision)
         return lambda folder: tf.saved_model.save(inference_module(model), folder,
                                                   signatures=functions)
     edge = _edge()
@@ -340,9 +512,68 @@ def _check_format(export_format, input_size, config):
     return _edge().check_input_size(input_size, export_format)
 
 
+def repair_interrupted_overwrite(export_dir, log_fn=logging.info):
+    """Puts back a version whose --overwrite was killed between its two renames (only
+    ``.old-<N>-*`` left) and deletes replaced versions left by a kill after the swap. Call
+    with the export directory locked."""
+    if not os.path.isdir(export_dir):
+        return
+    for name in sorted(os.listdir(export_dir)):
+        version = name[len(OLD_PREFIX):].split("-", 1)[0]
+        path = os.path.join(export_dir, name)
+        if not (name.startswith(OLD_PREFIX) and version.isdigit() and os.path.isdir(path)):
+            continue
+        final_dir = os.path.join(export_dir, version)
+        if os.path.exists(final_dir):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.rename(path, final_dir)
+            log_fn(f"restored {final_dir} from {path} (an interrupted --overwrite)")
+
+
+class ExportLock:
+    """An exclusive ``flock`` on the export directory itself (no file is added to it) while
+    an export writes there; the kernel drops it when the process ends, also on kill -9."""
+
+    def __init__(self, export_dir):
+        self._fd = os.open(export_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._fd)
+            raise FileExistsError(
+                f"another export is writing to {export_dir} right now; wait for it to "
+                f"finish and export again (the version number is chosen then)") from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self._fd)  # releases the flock
+
+
+def check_finite_model(loaded, functions, params):
+    """ValueError when the restored weights hold NaN/Inf or give a non-finite score for a
+    mid-grey image: a model whose scores are NaN flags no image (NaN > threshold is False)."""
+    variables = [v for net in (loaded.model.generator.encoder, loaded.model.generator.decoder,
+                               loaded.model.segmentator) for v in net.variables]
+    bad = [v.path for v in variables if not np.isfinite(np.asarray(v.numpy())).all()]
+    where = f"checkpoint {loaded.checkpoint_path}"
+    if bad:
+        raise ValueError(f"{where} holds non-finite weights ({len(bad)} tensors, e.g. "
+                         f"{', '.join(bad[:3])}): refusing to export a model that scores "
+                         f"NaN; resume or retrain the run (or pick --checkpoint)")
+    grey = tf.fill([1, *params.image_size, 3], tf.constant(128, tf.uint8))
+    out = functions["serving_default"](grey)
+    score = float(out[keys.ANOMALY_SCORE][0])
+    if not (math.isfinite(score) and np.isfinite(out[keys.ANOMALY_MAP].numpy()).all()):
+        raise ValueError(f"{where} gives a non-finite anomaly score ({score}) for a grey "
+                         f"image: refusing to export a model that would pass every image")
+
+
 def export_run(model_dir, export_dir, version=None, overwrite=False, checkpoint="best",
                threshold=None, pixel_threshold=None, export_format="saved_model",
-               input_size=None):
+               input_size=None, max_pixels=DEFAULT_MAX_PIXELS):
     """Exports a trained run as ``<export_dir>/<version>`` and returns that path.
 
     Args:
@@ -357,6 +588,7 @@ def export_run(model_dir, export_dir, version=None, overwrite=False, checkpoint=
             (grdnet_tf/serving/edge.py).
         input_size: (h, w) fixed input of an ONNX / LiteRT export (LiteRT default: the
             model input size; ONNX default: free).
+        max_pixels: decoded pixels one request may hold (height x width over the batch).
 
     Flags are validated before the model is loaded and before anything is written; on any
     failure no version folder and no temporary folder is left behind.
@@ -371,35 +603,53 @@ def export_run(model_dir, export_dir, version=None, overwrite=False, checkpoint=
     _resolve_decision(threshold_value, pixel_threshold, calibration)
     _check_format(export_format, input_size, config)
     _check_version(os.path.abspath(export_dir), version, overwrite)
+    _check_max_pixels(max_pixels)
     loaded = run_dir.load_for_inference(model_dir, checkpoint)
     return export_model(loaded, export_dir, version=version, overwrite=overwrite,
                         threshold=threshold, model_dir=model_dir,
                         pixel_threshold=pixel_threshold, export_format=export_format,
-                        input_size=input_size)
+                        input_size=input_size, max_pixels=max_pixels)
+
+
+def _check_max_pixels(max_pixels):
+    if isinstance(max_pixels, bool) or int(max_pixels) != max_pixels or max_pixels < 1:
+        raise ValueError(f"--max_pixels={max_pixels!r} must be a positive integer")
 
 
 def export_model(loaded, export_dir, version=None, overwrite=False, threshold=None,
                  model_dir="", pixel_threshold=None, export_format="saved_model",
-                 input_size=None):
+                 input_size=None, max_pixels=DEFAULT_MAX_PIXELS):
     """Exports an already restored run (a ``run_dir.LoadedRun``); see export_run.
 
     `threshold` and `pixel_threshold` override ``loaded.calibration``; `model_dir` is
-    recorded in the metadata.
+    recorded in the metadata. Refuses (ValueError) weights that are not finite or score
+    NaN. The export directory is locked while the version is written (a concurrent export
+    fails, FileExistsError).
     """
     export_dir = os.path.abspath(export_dir)
     threshold, threshold_source = _resolve_threshold(threshold, loaded.calibration,
                                                      model_dir)
     decision, pixel_source = _resolve_decision(threshold, pixel_threshold, loaded.calibration)
     input_size = _check_format(export_format, input_size, loaded.config)
-    version = _check_version(export_dir, version, overwrite)
+    _check_max_pixels(max_pixels)
+    _check_version(export_dir, version, overwrite)
     params = scoring.ScoringParams.from_run(loaded.config, loaded.calibration)
     if export_format == "litert" and input_size is None:
         input_size = _edge().default_input_size(params)
-    write = _writer(export_format, loaded.model, params, decision, input_size)
-    metadata = _metadata(loaded, params, decision, threshold_source, version, model_dir,
-                         export_format, pixel_source, input_size)
-
+    functions = serving_functions(loaded.model, params, decision, max_pixels)
+    check_finite_model(loaded, functions, params)
+    write = _writer(export_format, loaded.model, params, decision, input_size, functions)
     os.makedirs(export_dir, exist_ok=True)
+    with ExportLock(export_dir):
+        repair_interrupted_overwrite(export_dir)
+        version = _check_version(export_dir, version, overwrite)
+        metadata = _metadata(loaded, params, decision, threshold_source, version, model_dir,
+                             export_format, pixel_source, input_size)
+        metadata["max_pixels"] = int(max_pixels)
+        return _write_version(export_dir, version, overwrite, write, metadata)
+
+
+def _write_version(export_dir, version, overwrite, write, metadata):
     final_dir = os.path.join(export_dir, str(version))
     tmp_dir = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{version}-", dir=export_dir)
     try:

@@ -1,13 +1,16 @@
 """GRD-Net training: one loop, read top to bottom, for every distribution strategy.
 
 `train(config, data_dir, model_dir)`:
-  1. resolve the strategy; build GRDNet, its three optimizers and the train state inside the
-     strategy scope; restore the latest checkpoint of `model_dir` when there is one (resume);
+  1. resolve the strategy; lock `model_dir` (run_dir.RunLock); refuse to resume checkpoints
+     made with another config or data (check_resume); build GRDNet, its three optimizers and
+     the train state inside the strategy scope; restore the newest readable checkpoint of
+     `model_dir` when there is one (resume), never start over existing results;
   2. index and decode the data (train / validation split, ROIs), build the tf.data streams;
   3. per step: `strategy.run(model.train_step)` (discriminator, generator and segmentator
      updates), reduced across replicas; a NaN/Inf loss stops the run before anything is saved;
   4. every `checkpoint_every_steps` and at each epoch end: a checkpoint (networks, optimizers,
-     epoch, step, plateau state), so a killed run loses at most the work since then;
+     epoch, step, plateau state), so a killed run loses at most the work since then; weights
+     that are not finite or give a non-finite loss are never saved (savable_weights_check);
   5. per epoch (`end_epoch`): validation loss (fixed-seed synthetic anomalies on held-out
      normals), reduce-on-plateau over all three optimizers (`update_plateau`), the best
      checkpoint by validation loss, the history entry;
@@ -51,12 +54,16 @@ class TrainData:
     texture_cache: object
 
 
-def load_train_data(config, data_dir):
+def check_data_dir(data_dir):
     if not data_dir:
         raise ValueError("--data_dir is required (an MVTec-style category folder)")
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"--data_dir={data_dir} does not exist (an MVTec-style "
                                 f"category folder)")
+
+
+def load_train_data(config, data_dir):
+    check_data_dir(data_dir)
     train_samples, val_samples = mvtec.index_train(data_dir, **mvtec.config_kwargs(config))
     if not config.data.use_roi:
         train_samples = [dataclasses.replace(s, roi_path=None) for s in train_samples]
@@ -140,7 +147,41 @@ def _checkpoint_manager(checkpoint, model_dir, sub, chief, max_to_keep, task_id)
     return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep)
 
 
-def _save(manager, step, chief):
+def savable_weights_check(model, probe_batch, variables):
+    """A guard(step, manager) called before every save: raises FloatingPointError when the
+    weights about to be saved hold NaN/Inf or give a non-finite loss on `probe_batch`.
+
+    The loss of a training step is computed before the update it produces, so a finite
+    loss does not prove that the updated weights are usable (an exploding learning rate
+    gives finite weights of 1e30 whose next loss is NaN); the probe is a forward pass in
+    inference mode, which changes no state.
+    """
+    @tf.function
+    def probe(batch):
+        scalars, x_hat = model.compute_losses(batch, training=False)
+        scalars["segmentator_loss"] = model.segmentator_loss(batch, x_hat, training=False)
+        return scalars
+
+    def guard(step, manager):
+        bad = ckpt_lib.non_finite_variables(variables)
+        if bad:
+            problem = (f"{len(bad)} variable(s) hold NaN/Inf (e.g. "
+                       f"{', '.join(bad[:3])})")
+        else:
+            losses = _scalar_logs(probe(probe_batch))
+            bad = [f"{n}={v}" for n, v in losses.items() if not math.isfinite(v)]
+            problem = f"they give a non-finite loss ({', '.join(bad)})" if bad else ""
+        if problem:
+            raise FloatingPointError(
+                f"the weights after step {step} are not saved: {problem}. Training stopped; "
+                f"the last good checkpoint ({manager.latest_checkpoint or 'none'}) is "
+                f"intact. Lower optimizer.learning_rate or check the data.")
+    return guard
+
+
+def _save(manager, step, chief, guard=None):
+    if guard is not None:
+        guard(step, manager)
     path = manager.save(checkpoint_number=step)
     if not chief:
         shutil.rmtree(manager.directory, ignore_errors=True)
@@ -184,9 +225,16 @@ def validation_logs(model, validation_step, val_ds):
 
 
 def end_epoch(epoch, train_logs, val_logs, learning_rate, *, model, config, state, manager,
-              best_manager, summaries, history, model_dir, data_dir, chief, log_fn):
-    """Plateau, the epoch-end and best checkpoints and the history entry of epoch `epoch`
-    (0-based) from its validation logs; returns the (possibly reduced) learning rate."""
+              best_manager, summaries, history, model_dir, data_dir, chief, log_fn,
+              guard=None):
+    """Plateau, the best checkpoint, the history entry and the epoch-end checkpoint of epoch
+    `epoch` (0-based) from its validation logs; returns the (possibly reduced) learning
+    rate.
+
+    The epoch-end checkpoint is written last: it commits the epoch. A run killed before it
+    resumes from an earlier checkpoint and redoes the epoch, its best checkpoint and its
+    history entry (entries past the restored epoch are dropped on resume).
+    """
     epochs = int(config.train.epochs)
     step = int(state.step)
     val_loss = val_logs.get("total_loss", float("nan"))
@@ -210,7 +258,8 @@ def end_epoch(epoch, train_logs, val_logs, learning_rate, *, model, config, stat
     improved = bool(val_logs) and selection < float(state.best_val_loss)
     if improved:
         state.best_val_loss.assign(selection)
-    _save(manager, step, chief)
+    if guard is not None:
+        guard(step, manager)
     if improved or not val_logs:
         _save(best_manager, step, chief)
         if chief:
@@ -228,6 +277,7 @@ def end_epoch(epoch, train_logs, val_logs, learning_rate, *, model, config, stat
     history.append(entry)
     if chief:
         run_dir.write_json(os.path.join(model_dir, run_dir.HISTORY_JSON), history)
+    _save(manager, step, chief)  # last: a kill before it redoes the epoch on resume
     picked = f"val_{config.train.best_metric}"
     log_fn(f"epoch {epoch + 1}/{epochs} done: "
            + " ".join(f"{k}={train_logs[k]:.4f}" for k in LOSS_METRICS if k in train_logs)
@@ -238,21 +288,81 @@ def end_epoch(epoch, train_logs, val_logs, learning_rate, *, model, config, stat
     return learning_rate
 
 
-def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
-    """Trains (or resumes) a GRD-Net run in `model_dir`; returns a summary dict."""
+def check_resume(model_dir, config, record, resume_with_changes, log_fn):
+    """Refuses (ValueError) to resume a run whose checkpoints were trained with another
+    config (keys outside run_dir.RESUMABLE_KEYS) or other data, unless
+    `resume_with_changes`; then the differences are logged and config.json / data.json
+    are rewritten by the caller."""
+    ckpt_dir = os.path.join(model_dir, run_dir.CHECKPOINT_DIR)
+    if not ckpt_lib.has_checkpoint_files(ckpt_dir):
+        return
+    mismatches = run_dir.resume_mismatches(model_dir, config, record)
+    if not mismatches:
+        return
+    listing = "\n  ".join(mismatches)
+    if not resume_with_changes:
+        raise ValueError(
+            f"--model_dir={model_dir} holds a run trained with another config or other "
+            f"data:\n  {listing}\nResuming would continue those weights on them. Pass "
+            f"--resume_with_changes to resume anyway, or train into a new --model_dir.")
+    log_fn(f"resuming with changes (--resume_with_changes):\n  {listing}")
+
+
+def refuse_fresh_start_over(model_dir):
+    """ValueError when `model_dir` has no checkpoint to resume from but other results of a
+    run (best/, history.json) that a fresh start would overwrite."""
+    left = [path for path in (os.path.join(model_dir, run_dir.BEST_DIR),
+                              os.path.join(model_dir, run_dir.HISTORY_JSON))
+            if ckpt_lib.has_checkpoint_files(path) or (
+                path.endswith(".json") and run_dir.read_json(path))]
+    if left:
+        raise ValueError(
+            f"{os.path.join(model_dir, run_dir.CHECKPOINT_DIR)} has no checkpoint to resume "
+            f"from, but {' and '.join(left)} exist: starting from step 1 would overwrite "
+            f"them. Move them away or train into a new --model_dir.")
+
+
+def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info,
+          resume_with_changes=False):
+    """Trains (or resumes) a GRD-Net run in `model_dir`; returns a summary dict.
+
+    The chief holds `run_dir.RunLock` on `model_dir` throughout. `resume_with_changes`
+    allows resuming checkpoints made with another config or other data (see
+    check_resume).
+    """
     config_lib.validate(config)
     if not model_dir:
         raise ValueError("--model_dir is required")
+    check_data_dir(data_dir)  # before the lock creates model_dir
+    mvtec.detect_layout(data_dir, config.data.layout,  # an unknown layout, too
+                        mvtec.FolderLayout.from_config(config.data.folder))
     keras.utils.set_random_seed(config.seed)
     if config.train.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(
         "mixed_float16" if config.train.mixed_precision else "float32")
-    strategy = strategy or strategy_lib.make_strategy(config.train.strategy)
+    strategy = strategy or strategy_lib.make_strategy(
+        config.train.strategy, worker_timeout_seconds=config.train.worker_timeout_seconds)
     chief = strategy_lib.is_chief(strategy)
     _, task_id = strategy_lib.task_info(strategy)
+    lock = run_dir.RunLock(model_dir) if chief else None
+    try:
+        return _train_locked(config, data_dir, model_dir, strategy, chief, task_id, log_fn,
+                             resume_with_changes)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _train_locked(config, data_dir, model_dir, strategy, chief, task_id, log_fn,
+                  resume_with_changes):
     data = load_train_data(config, data_dir)
+    record = None
+    if chief:
+        for path in run_dir.remove_stale_temporaries(model_dir):
+            log_fn(f"removed {path} (left by an interrupted save)")
+        record = run_dir.data_record(data_dir, data.train_samples, data.val_samples)
+        check_resume(model_dir, config, record, resume_with_changes, log_fn)
     global_batch = int(config.train.batch_size)
     if global_batch % strategy.num_replicas_in_sync:
         raise ValueError(f"train.batch_size={global_batch} must be divisible by the "
@@ -267,22 +377,27 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
     # which int() and float() reject).
     state = ckpt_lib.TrainState()
     checkpoint = ckpt_lib.training_checkpoint(model, state)
+    ckpt_dir = os.path.join(model_dir, run_dir.CHECKPOINT_DIR)
+    if chief:  # the newest readable checkpoint, whatever the state file says
+        latest = ckpt_lib.restore_newest_readable(checkpoint, ckpt_dir, log_fn)
+        if not latest:
+            refuse_fresh_start_over(model_dir)
+    else:  # non-chief workers resume from the chief's checkpoints (shared file system)
+        latest = tf.train.latest_checkpoint(ckpt_dir)
+        if latest:
+            checkpoint.restore(latest).assert_existing_objects_matched()
     manager = _checkpoint_manager(checkpoint, model_dir, run_dir.CHECKPOINT_DIR, chief,
                                   config.train.keep_checkpoints, task_id)
     best_manager = _checkpoint_manager(checkpoint, model_dir, run_dir.BEST_DIR, chief, 1,
                                        task_id)
     resumed_from = None
-    if chief:
-        latest = manager.latest_checkpoint
-    else:  # non-chief workers resume from the chief's checkpoints (shared file system)
-        latest = tf.train.latest_checkpoint(os.path.join(model_dir, run_dir.CHECKPOINT_DIR))
     if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
         resumed_from = latest
         log_fn(f"resuming from {latest} (epoch {int(state.epoch) + 1}, step {int(state.step)})")
     learning_rate = _set_learning_rates(model, config, state.learning_rate_scale.numpy())
     if chief:
         run_dir.write_run_config(config, model_dir)
+        run_dir.write_json(os.path.join(model_dir, run_dir.DATA_JSON), record)
     history = ((run_dir.read_json(os.path.join(model_dir, run_dir.HISTORY_JSON)) or [])
                if chief else [])
     history = [h for h in history if h["epoch"] <= int(state.epoch)]
@@ -296,6 +411,8 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
     # The first batch of this stream, read by a second iterator (the stream is stateless).
     preview = {k: v[:PREVIEW_IMAGES] for k, v in next(iter(train_ds)).items()}
     summaries = Summaries(model_dir, chief)
+    guard = savable_weights_check(model, preview, model.variables + [
+        v for optimizer in model.optimizers.values() for v in optimizer.variables])
 
     replica_step = model.train_step
     if config.train.jit_compile:
@@ -340,7 +457,7 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
                 summaries.images(model, preview, step)
             if (step % config.train.checkpoint_every_steps == 0
                     and int(state.step_in_epoch) < steps_per_epoch):
-                _save(manager, step, chief)
+                _save(manager, step, chief, guard)
 
         state.epoch.assign(epoch + 1)
         state.step_in_epoch.assign(0)
@@ -348,7 +465,7 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
             epoch, last_logs, validation_logs(model, validation_step, val_ds), learning_rate,
             model=model, config=config, state=state, manager=manager,
             best_manager=best_manager, summaries=summaries, history=history,
-            model_dir=model_dir, data_dir=data_dir, chief=chief, log_fn=log_fn)
+            model_dir=model_dir, data_dir=data_dir, chief=chief, log_fn=log_fn, guard=guard)
 
     # Threshold calibration with the best weights on the clean validation normals.
     # Only the chief calibrates (another worker would read best/ while the chief writes it).
