@@ -21,11 +21,13 @@ Inference (`call`): X -> {reconstruction: X̂, raw_anomaly_map: A [B, H, W]}; sm
 the image score live in `grdnet_tf.scoring`. `build_grdnet(config)` builds it from a config.
 """
 import dataclasses
+import threading
 
 import keras
 import tensorflow as tf
 
-from grdnet_tf import keys, losses
+from grdnet_tf import choices, keys, losses
+from grdnet_tf.models.blocks import FusedBatchNormalization
 from grdnet_tf.models.networks import build_networks
 
 LOSS_METRICS = ("total_loss", "generator_loss", "adversarial_loss", "contextual_loss",
@@ -70,6 +72,7 @@ class GRDNet(keras.Model):
         super().compile(optimizer=g_optimizer, **kwargs)
         for optimizer, net in self._pairs():
             optimizer.build(net.trainable_variables)
+            _take_summed_gradients(optimizer)
 
     def _pairs(self):
         return ((self.g_optimizer, self.generator), (self.d_optimizer, self.discriminator),
@@ -144,8 +147,9 @@ class GRDNet(keras.Model):
                 ("discriminator", self.d_optimizer, self.discriminator, d_grads),
                 ("generator", self.g_optimizer, self.generator, g_grads),
                 ("segmentator", self.s_optimizer, self.segmentator, s_grads)):
+            grads = _sum_over_replicas(grads)
             norms[f"{name}_grad_norm"] = _unscaled_norm(optimizer, grads)  # before the update
-            optimizer.apply_gradients(zip(grads, net.trainable_variables))
+            _apply_summed_gradients(optimizer, grads, net.trainable_variables)
         return self._update_trackers(scalars, norms)
 
     def test_step(self, data):
@@ -181,6 +185,57 @@ class GRDNet(keras.Model):
         return cls(**config)
 
 
+def _sum_over_replicas(grads):
+    """The gradients summed over the replicas in sync (one all-reduce, the one the optimizer
+    would do); unchanged with one replica. The logged norm is then that of the update."""
+    if tf.distribute.get_strategy().num_replicas_in_sync == 1:
+        return grads
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM,
+                                                          list(grads))
+
+
+# Set while GRDNet.train_step applies gradients it has summed itself; per thread, since
+# MirroredStrategy traces each replica's step in a thread of its own.
+_SUMMED = threading.local()
+
+
+def _take_summed_gradients(optimizer):
+    """Lets `optimizer` (or a LossScaleOptimizer's inner one) take pre-summed gradients.
+
+    A Keras 3 optimizer all-reduces (sums) the gradients it gets in a replica context
+    (`_all_reduce_sum_gradients` of the TensorFlow backend's optimizer, keras==3.15). While
+    `_apply_summed_gradients` runs in this thread, that sum is skipped: GRDNet.train_step
+    did it (one all-reduce, as before, whose result also gives the logged norm). Every other
+    use of the optimizer keeps Keras' behaviour.
+    """
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if "_all_reduce_sum_gradients" in vars(inner):
+        return  # done already
+    keras_sum = getattr(inner, "_all_reduce_sum_gradients", None)
+    if keras_sum is None:
+        raise TypeError(f"optimizer {inner.name}: this Keras version has no "
+                        "_all_reduce_sum_gradients (grdnet_tf needs keras==3.15)")
+
+    def all_reduce_sum_gradients(grads_and_vars):
+        if getattr(_SUMMED, "active", False):
+            return list(grads_and_vars)
+        return keras_sum(grads_and_vars)
+    vars(inner)["_all_reduce_sum_gradients"] = all_reduce_sum_gradients
+
+
+@tf.autograph.experimental.do_not_convert  # plain Python at trace time
+def _apply_summed_gradients(optimizer, grads, variables):
+    """`optimizer.apply_gradients` of gradients already summed by `_sum_over_replicas`."""
+    if tf.distribute.get_strategy().num_replicas_in_sync == 1:
+        optimizer.apply_gradients(zip(grads, variables))
+        return
+    _SUMMED.active = True
+    try:
+        optimizer.apply_gradients(zip(grads, variables))
+    finally:
+        _SUMMED.active = False
+
+
 def _scale(optimizer, loss):
     """Loss scaling for mixed precision (a LossScaleOptimizer); identity otherwise."""
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
@@ -204,13 +259,15 @@ def _unscaled_norm(optimizer, grads):
     return tf.where(finite, norm, 0.0), tf.cast(finite, norm.dtype)
 
 
-def build_grdnet(config, compile=False, mixed_precision=False, optimizers=None):
-    """The GRDNet of a grdnet_tf config (sections model, data, loss), every variable created.
+def build_grdnet(config, compile=False, precision="float32", optimizers=None):
+    """The GRDNet of a grdnet_tf config (sections model, data, loss, train), every variable
+    created.
 
     Variables are created at (data.image_size, data.channels): call inside the strategy
-    scope. With `compile`, the model is compiled with `optimizers` (generator,
-    discriminator, segmentator) or, when None, `make_optimizers(config.optimizer,
-    mixed_precision)`.
+    scope, under the Keras dtype policy of `precision` (`set_precision`). Batch norm is
+    synchronised over the replicas when several train unless train.sync_batch_norm is off.
+    With `compile`, the model is compiled with `optimizers` (generator, discriminator,
+    segmentator) or, when None, `make_optimizers(config.optimizer, precision)`.
     """
     generator, discriminator, segmentator = build_networks(config)
     model = GRDNet(generator, discriminator, segmentator,
@@ -218,18 +275,31 @@ def build_grdnet(config, compile=False, mixed_precision=False, optimizers=None):
                    name="grdnet")
     height, width = config.data.image_size
     model.build_from_shape((height, width, config.data.channels))
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, FusedBatchNormalization):
+            layer.cross_replica = bool(config.train.sync_batch_norm)
     if compile:
-        model.compile(*(optimizers or make_optimizers(config.optimizer, mixed_precision)))
+        model.compile(*(optimizers or make_optimizers(config.optimizer, precision)))
     return model
 
 
-def make_optimizers(optimizer_config, mixed_precision=False):
-    """Three Adam optimizers (generator, discriminator, segmentator) from config ``optimizer``."""
+def set_precision(precision):
+    """Sets the global Keras dtype policy of a `choices.PRECISIONS` name (train.precision):
+    float32, mixed_bfloat16 or mixed_float16 (float32 variables, reduced-precision compute);
+    layers take the policy in force when they are created."""
+    choices.check("precision", precision, choices.PRECISIONS)
+    keras.mixed_precision.set_global_policy(precision)
+
+
+def make_optimizers(optimizer_config, precision="float32"):
+    """Three Adam optimizers (generator, discriminator, segmentator) from config ``optimizer``;
+    under mixed_float16 each is a LossScaleOptimizer (bfloat16 has float32's range and needs
+    no loss scaling)."""
     def make(name):
         optimizer = keras.optimizers.Adam(learning_rate=optimizer_config.learning_rate,
                                           beta_1=optimizer_config.beta_1,
                                           beta_2=optimizer_config.beta_2, name=name)
-        if mixed_precision:
+        if precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer, name=f"{name}_scaled")
         return optimizer
     return make("g_adam"), make("d_adam"), make("s_adam")
