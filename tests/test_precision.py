@@ -1,0 +1,63 @@
+"""train.precision (issue 15 item 3): the config key that replaced train.mixed_precision, old
+run configs still loading, and a mixed_bfloat16 training step next to a float32 one."""
+import keras
+import numpy as np
+import pytest
+
+from grdnet_tf import config as config_lib
+from dist_worker import fixed_batch, make_config
+
+
+def test_precision_defaults_to_float32_and_is_checked():
+    assert config_lib.base_config().train.precision == "float32"
+    for precision in ("float32", "mixed_bfloat16", "mixed_float16"):
+        config_lib.with_overrides(config_lib.base_config(), {"train.precision": precision})
+    with pytest.raises(ValueError, match="train.precision"):
+        config_lib.with_overrides(config_lib.base_config(), {"train.precision": "float16"})
+
+
+@pytest.mark.parametrize("old, new", [(False, "float32"), (True, "mixed_float16")])
+def test_old_run_configs_with_mixed_precision_still_load(old, new):
+    values = config_lib.base_config().to_dict()
+    del values["train"]["precision"]
+    values["train"]["mixed_precision"] = old
+    assert config_lib.from_dict(values).train.precision == new
+
+
+def test_a_bad_old_mixed_precision_value_names_the_key():
+    values = config_lib.base_config().to_dict()
+    values["train"]["mixed_precision"] = "yes"
+    with pytest.raises(ValueError, match="train.mixed_precision='yes'.*train.precision"):
+        config_lib.from_dict(values)
+
+
+def _steps(precision, steps=2):
+    from grdnet_tf.models.grdnet import build_grdnet, set_precision
+    set_precision(precision)
+    try:
+        keras.utils.set_random_seed(3)
+        model = build_grdnet(make_config(), compile=True, precision=precision)
+        logs = [{k: float(v) for k, v in model.train_step(fixed_batch(seed=s)).items()}
+                for s in range(steps)]
+    finally:
+        set_precision("float32")
+    return model, logs
+
+
+def test_mixed_bfloat16_step_follows_the_float32_step():
+    model, logs = _steps("mixed_bfloat16")
+    assert model.generator.compute_dtype == model.segmentator.compute_dtype == "bfloat16"
+    assert all(v.dtype == "float32" for v in model.variables)
+    # bfloat16 has float32's range: no loss scaling, every optimizer steps every time.
+    assert not any(isinstance(o, keras.optimizers.LossScaleOptimizer)
+                   for o in model.optimizers.values())
+    assert [int(o.iterations) for o in model.optimizers.values()] == [2, 2, 2]
+    _, reference = _steps("float32")
+    for name, value in reference[-1].items():
+        np.testing.assert_allclose(logs[-1][name], value, rtol=0.05, err_msg=name)
+
+
+def test_set_precision_rejects_unknown_names():
+    from grdnet_tf.models.grdnet import set_precision
+    with pytest.raises(ValueError, match="precision"):
+        set_precision("bfloat16")
