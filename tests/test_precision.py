@@ -61,3 +61,45 @@ def test_set_precision_rejects_unknown_names():
     from grdnet_tf.models.grdnet import set_precision
     with pytest.raises(ValueError, match="precision"):
         set_precision("bfloat16")
+
+
+def test_serving_graph_at_mixed_bfloat16(tmp_path):
+    import tensorflow as tf
+
+    from grdnet_tf import keys
+    from grdnet_tf.serving import export_lib
+    from helpers_run import make_tiny_run
+
+    model_dir = str(tmp_path / "run")
+    make_tiny_run(model_dir, threshold=0.5)
+    exports = {precision: export_lib.export_run(model_dir, str(tmp_path / precision),
+                                                precision=precision)
+               for precision in ("float32", "mixed_bfloat16")}
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    images = tf.constant(np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)), tf.uint8)
+    outputs = {}
+    for precision, version_dir in exports.items():
+        assert export_lib.read_metadata(version_dir)["precision"] == precision
+        serve = tf.saved_model.load(version_dir).signatures["serving_default"]
+        graph = serve.graph.as_graph_def()
+        functions = [f.node_def for f in graph.library.function] + [graph.node]
+        conv_types = {n.attr["T"].type for nodes in functions for n in nodes
+                      if n.op == "Conv2D"}
+        assert conv_types == {tf.bfloat16.as_datatype_enum if precision != "float32"
+                              else tf.float32.as_datatype_enum}, precision
+        outputs[precision] = {k: v.numpy() for k, v in serve(images=images).items()}
+    reference, reduced = outputs["float32"], outputs["mixed_bfloat16"]
+    assert reduced[keys.ANOMALY_MAP].dtype == np.float32
+    np.testing.assert_allclose(reduced[keys.ANOMALY_MAP], reference[keys.ANOMALY_MAP],
+                               atol=0.05)
+
+
+def test_export_rejects_an_unknown_precision(tmp_path):
+    from grdnet_tf.serving import export_lib
+    from helpers_run import make_tiny_run
+
+    model_dir = str(tmp_path / "run")
+    make_tiny_run(model_dir, threshold=0.5, steps=0)
+    with pytest.raises(ValueError, match="precision"):
+        export_lib.export_run(model_dir, str(tmp_path / "out"), precision="float16")
+    assert not (tmp_path / "out").exists()

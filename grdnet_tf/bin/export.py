@@ -11,6 +11,7 @@ export/README.md.
 """
 from absl import flags
 
+from grdnet_tf import choices
 from grdnet_tf.bin import common
 
 common.quiet_tensorflow()
@@ -35,6 +36,10 @@ _FORMAT = flags.DEFINE_enum("format", "saved_model", ["saved_model", "onnx", "li
 _INPUT_SIZE = flags.DEFINE_list(
     "input_size", None, "HEIGHT,WIDTH of the fixed input of an onnx / litert export "
     "(litert default: the model input size; onnx default: any size).")
+_PRECISION = flags.DEFINE_enum(
+    "precision", "float32", list(choices.PRECISIONS),
+    "Compute dtype of the exported networks (float32 weights in every case), as "
+    "train.precision.")
 
 
 def main(argv):
@@ -48,7 +53,7 @@ def main(argv):
                                      checkpoint=_CHECKPOINT.value, threshold=_THRESHOLD.value,
                                      pixel_threshold=_PIXEL_THRESHOLD.value,
                                      export_format=_FORMAT.value,
-                                     input_size=_input_size())
+                                     input_size=_input_size(), precision=_PRECISION.value)
     except common.USER_ERRORS as e:
         common.fail(str(e))
     print(path)

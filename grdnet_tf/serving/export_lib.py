@@ -45,7 +45,7 @@ import keras
 import tensorflow as tf
 
 from grdnet_tf import config as config_lib
-from grdnet_tf import file_modes, heatmap, keys, run_dir, scoring
+from grdnet_tf import choices, file_modes, heatmap, keys, run_dir, scoring
 
 METADATA_DIR = "assets.extra"          # TF Serving convention: not read by the server
 METADATA_JSON = "grdnet.json"
@@ -281,6 +281,7 @@ def _metadata(loaded, params, decision, threshold_source, version, model_dir,
         "heatmap_alpha": HEATMAP_ALPHA,
         "model_dir": model_dir,
         "source_checkpoint": os.path.abspath(loaded.checkpoint_path),
+        "precision": loaded.model.generator.dtype_policy.name,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -342,7 +343,7 @@ def _check_format(export_format, input_size, config):
 
 def export_run(model_dir, export_dir, version=None, overwrite=False, checkpoint="best",
                threshold=None, pixel_threshold=None, export_format="saved_model",
-               input_size=None):
+               input_size=None, precision="float32"):
     """Exports a trained run as ``<export_dir>/<version>`` and returns that path.
 
     Args:
@@ -357,6 +358,9 @@ def export_run(model_dir, export_dir, version=None, overwrite=False, checkpoint=
             (grdnet_tf/serving/edge.py).
         input_size: (h, w) fixed input of an ONNX / LiteRT export (LiteRT default: the
             model input size; ONNX default: free).
+        precision: dtype policy of the exported networks (`choices.PRECISIONS`, as
+            train.precision): float32, or float32 weights computing in bfloat16/float16;
+            outputs and scoring stay float32.
 
     Flags are validated before the model is loaded and before anything is written; on any
     failure no version folder and no temporary folder is left behind.
@@ -371,11 +375,23 @@ def export_run(model_dir, export_dir, version=None, overwrite=False, checkpoint=
     _resolve_decision(threshold_value, pixel_threshold, calibration)
     _check_format(export_format, input_size, config)
     _check_version(os.path.abspath(export_dir), version, overwrite)
-    loaded = run_dir.load_for_inference(model_dir, checkpoint)
+    choices.check("precision", precision, choices.PRECISIONS)
+    loaded = _load_at_precision(model_dir, checkpoint, precision)
     return export_model(loaded, export_dir, version=version, overwrite=overwrite,
                         threshold=threshold, model_dir=model_dir,
                         pixel_threshold=pixel_threshold, export_format=export_format,
                         input_size=input_size)
+
+
+def _load_at_precision(model_dir, checkpoint, precision):
+    """`run_dir.load_for_inference` with the networks built under the policy `precision`
+    (layers keep the policy in force when they are created); the global policy is restored."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        return run_dir.load_for_inference(model_dir, checkpoint)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def export_model(loaded, export_dir, version=None, overwrite=False, threshold=None,
