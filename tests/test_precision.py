@@ -103,3 +103,29 @@ def test_export_rejects_an_unknown_precision(tmp_path):
     with pytest.raises(ValueError, match="precision"):
         export_lib.export_run(model_dir, str(tmp_path / "out"), precision="float16")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_overflow_in_one_network_skips_all_three_updates(mixed_float16):
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(5)
+    from grdnet_tf.models.grdnet import build_grdnet
+    model = build_grdnet(make_config(), compile=True, precision="mixed_float16")
+    optimizers = model.optimizers
+    # The generator's loss scaled by 2**40 overflows its float16 backward pass; the other
+    # two at scale 1 have finite gradients and would step on their own.
+    for name, optimizer in optimizers.items():
+        optimizer.dynamic_scale.assign(2.0 ** 40 if name == "generator" else 1.0)
+    before = [v.numpy() for v in model.trainable_variables]
+    logs = model.train_step(fixed_batch(seed=2))
+    assert [int(o.iterations) for o in optimizers.values()] == [0, 0, 0]
+    for b, v in zip(before, model.trainable_variables):
+        np.testing.assert_array_equal(v.numpy(), b, err_msg=v.path)
+    assert {n: float(o.dynamic_scale) for n, o in optimizers.items()} == {
+        "generator": 2.0 ** 39, "discriminator": 0.5, "segmentator": 0.5}
+    assert all(float(logs[f"{n}_grad_norm"]) == 0.0 for n in optimizers)  # skipped: weight 0
+    # The next step at finite scales updates all three.
+    optimizers["generator"].dynamic_scale.assign(1.0)
+    model.train_step(fixed_batch(seed=3))
+    assert [int(o.iterations) for o in optimizers.values()] == [1, 1, 1]
+    assert tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in model.variables])

@@ -32,3 +32,16 @@ def test_train_step_compiles_under_xla_and_matches_the_graph():
     # Weights are not compared one by one: Adam's first steps move a weight with a
     # vanishing gradient (a conv bias before batch norm) by +-lr whatever its rounding.
     assert [int(o.iterations) for o in compiled.optimizers.values()] == [2, 2, 2]
+
+
+def test_mixed_float16_step_with_loss_scaling_compiles_under_xla(mixed_float16):
+    keras.utils.set_random_seed(4)
+    model = build_grdnet(make_config(), compile=True, precision="mixed_float16")
+    for optimizer in model.optimizers.values():
+        optimizer.dynamic_scale.assign(256.0)
+    xla_step = tf.function(model.train_step, jit_compile=True)
+    batch = fixed_batch(seed=1)
+    assert "convolution" in xla_step.experimental_get_compiler_ir(batch)(stage="hlo")
+    logs = xla_step(batch)
+    assert all(np.isfinite(float(v)) for v in logs.values()), logs
+    assert [int(o.iterations) for o in model.optimizers.values()] == [1, 1, 1]

@@ -142,12 +142,14 @@ class GRDNet(keras.Model):
             scaled_s = _scale(self.s_optimizer, scalars["segmentator_loss"])
         s_grads = seg_tape.gradient(scaled_s, self.segmentator.trainable_variables)
 
+        updates = [(name, optimizer, net, _sum_over_replicas(grads))
+                   for name, optimizer, net, grads in (
+                       ("discriminator", self.d_optimizer, self.discriminator, d_grads),
+                       ("generator", self.g_optimizer, self.generator, g_grads),
+                       ("segmentator", self.s_optimizer, self.segmentator, s_grads))]
+        updates = _overflow_skips_every_update(updates)
         norms = {}
-        for name, optimizer, net, grads in (
-                ("discriminator", self.d_optimizer, self.discriminator, d_grads),
-                ("generator", self.g_optimizer, self.generator, g_grads),
-                ("segmentator", self.s_optimizer, self.segmentator, s_grads)):
-            grads = _sum_over_replicas(grads)
+        for name, optimizer, net, grads in updates:
             norms[f"{name}_grad_norm"] = _unscaled_norm(optimizer, grads)  # before the update
             _apply_summed_gradients(optimizer, grads, net.trainable_variables)
         return self._update_trackers(scalars, norms)
@@ -234,6 +236,30 @@ def _apply_summed_gradients(optimizer, grads, variables):
         optimizer.apply_gradients(zip(grads, variables))
     finally:
         _SUMMED.active = False
+
+
+def _overflow_skips_every_update(updates):
+    """Under loss scaling, one network's overflow skips the step of all three.
+
+    Each LossScaleOptimizer skips its update (and lowers its scale) when its own gradients
+    are not finite; left alone, the discriminator could step while the generator it is
+    trained against does not. Here a non-finite gradient anywhere makes the first gradient of
+    every loss-scaled optimizer NaN (`tf.where`: finite gradients pass unchanged, bit for
+    bit), so they all skip together. Without loss scaling nothing changes.
+    """
+    def scaled(optimizer):
+        return isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    if not any(scaled(optimizer) for _, optimizer, _, _ in updates):
+        return updates
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
+                            for *_, grads in updates for g in grads])
+    out = []
+    for name, optimizer, net, grads in updates:
+        if scaled(optimizer):
+            nan = tf.constant(float("nan"), grads[0].dtype)
+            grads = [tf.where(finite, grads[0], nan)] + list(grads[1:])
+        out.append((name, optimizer, net, grads))
+    return out
 
 
 def _scale(optimizer, loss):
