@@ -85,6 +85,12 @@ def run(mode, out_dir, sync="1"):
             if name == "replicated":
                 for i, copy in enumerate(strategy.experimental_local_results(variable.value)):
                     arrays[f"{name}/{variable.path}#{i}"] = copy.numpy()
+    try:  # XLA cannot compile a step holding all-reduces: refused before any data is read
+        from grdnet_tf.training import train_lib
+        train_lib.train(make_config(jit_compile=True), os.path.join(out_dir, "no_data"),
+                        os.path.join(out_dir, "no_run"), strategy=strategy)
+    except ValueError as e:
+        arrays["jit_compile_error"] = np.array(str(e))
     task = getattr(strategy.cluster_resolver, "task_id", 0) or 0
     np.savez(os.path.join(out_dir, f"result{task}.npz"), **arrays)
 

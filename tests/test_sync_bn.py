@@ -104,3 +104,9 @@ def test_grad_norms_are_those_of_the_summed_gradient(results, scenario):
                                        single, rtol=2e-5 if step == 0 else 2e-4,
                                        err_msg=f"{scenario} {step} {name}")
 
+
+
+def test_jit_compile_with_several_replicas_is_refused(results):
+    for scenario in ("mirrored", "multi_worker"):
+        assert str(results[scenario]["jit_compile_error"]) == (
+            "train.jit_compile=True runs on one replica only, not 2"), scenario

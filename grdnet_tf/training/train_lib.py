@@ -248,6 +248,11 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info):
         tf.config.experimental.enable_op_determinism()
     set_precision(config.train.precision)
     strategy = strategy or strategy_lib.make_strategy(config.train.strategy)
+    if config.train.jit_compile and strategy.num_replicas_in_sync > 1:
+        # A jit-compiled function inside strategy.run cannot hold the gradient and batch-norm
+        # all-reduces (TensorFlow: "merge_call called while defining a new graph").
+        raise ValueError(f"train.jit_compile=True runs on one replica only, not "
+                         f"{strategy.num_replicas_in_sync}")
     chief = strategy_lib.is_chief(strategy)
     _, task_id = strategy_lib.task_info(strategy)
 
