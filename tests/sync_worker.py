@@ -2,8 +2,9 @@
 one device on the same global batches (logical CPUs and a worker cluster must be configured
 before TensorFlow initialises, so each scenario runs in a fresh process).
 
-  python tests/sync_worker.py mirrored OUT_DIR [SYNC]
-      two logical CPUs, MirroredStrategy(["/cpu:0", "/cpu:1"]).
+  python tests/sync_worker.py mirrored OUT_DIR [SYNC [PRECISION]]
+      two logical CPUs, MirroredStrategy(["/cpu:0", "/cpu:1"]); PRECISION=mixed_float16
+      wraps each SGD in a LossScaleOptimizer (at a fixed scale of 256).
   python tests/sync_worker.py multi_worker OUT_DIR [SYNC]
       MultiWorkerMirroredStrategy, one replica per process (TF_CONFIG set by the caller).
 
@@ -11,7 +12,8 @@ Both build the batch-norm tiny model twice from the same seed, once on the defau
 and once under the distributed one (train.sync_batch_norm=SYNC, default 1), run STEPS
 `train_step`s with SGD on the same global batches (each replica gets its slice), and write
 OUT_DIR/result.npz: every variable of both models (`single/<path>`, `replicated/<path>`; a
-mirrored variable's copy on every replica as `replicated/<path>#<replica>`) and the step logs
+mirrored variable's copy on every replica as `replicated/<path>#<replica>`), the trainable
+weights before the steps (`before/<path>`) and the step logs
 of both (`logs/<single|replicated>/<step>/<name>`).
 """
 import os
@@ -37,13 +39,22 @@ def _strategy(mode):
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
-def run(mode, out_dir, sync="1"):
+def run(mode, out_dir, sync="1", precision="float32"):
     strategy = _strategy(mode)
     import keras
     import numpy as np
     import tensorflow as tf
 
     from grdnet_tf.models import build_grdnet
+    from grdnet_tf.models.grdnet import set_precision
+
+    set_precision(precision)
+
+    def sgd():
+        optimizer = keras.optimizers.SGD(SGD_LEARNING_RATE)
+        if precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer, dynamic_growth_steps=100)
+        return optimizer
 
     config = make_config()
     config.model.norm = "batch"
@@ -52,8 +63,11 @@ def run(mode, out_dir, sync="1"):
     def build(scope_strategy):
         with scope_strategy.scope():
             keras.utils.set_random_seed(0)
-            return build_grdnet(config, compile=True, optimizers=[
-                keras.optimizers.SGD(SGD_LEARNING_RATE) for _ in range(3)])
+            model = build_grdnet(config, compile=True, optimizers=[sgd() for _ in range(3)])
+            for optimizer in model.optimizers.values():
+                if precision == "mixed_float16":
+                    optimizer.dynamic_scale.assign(256.0)
+            return model
 
     single = build(tf.distribute.get_strategy())
     replicated = build(strategy)
@@ -72,7 +86,7 @@ def run(mode, out_dir, sync="1"):
         return {k: strategy.reduce("MEAN", v, axis=None) for k, v in per_replica.items()}
 
     single_step = tf.function(single.train_step)
-    arrays = {}
+    arrays = {f"before/{v.path}": v.numpy() for v in single.trainable_variables}
     for step in range(STEPS):
         batch = fixed_batch(seed=step)
         for name, logs in (("single", single_step(batch)),

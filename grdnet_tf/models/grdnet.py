@@ -21,7 +21,6 @@ Inference (`call`): X -> {reconstruction: X̂, raw_anomaly_map: A [B, H, W]}; sm
 the image score live in `grdnet_tf.scoring`. `build_grdnet(config)` builds it from a config.
 """
 import dataclasses
-import threading
 
 import keras
 import tensorflow as tf
@@ -72,7 +71,8 @@ class GRDNet(keras.Model):
         super().compile(optimizer=g_optimizer, **kwargs)
         for optimizer, net in self._pairs():
             optimizer.build(net.trainable_variables)
-            _take_summed_gradients(optimizer)
+            if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+                _take_summed_gradients(optimizer)
 
     def _pairs(self):
         return ((self.g_optimizer, self.generator), (self.d_optimizer, self.discriminator),
@@ -151,7 +151,7 @@ class GRDNet(keras.Model):
         norms = {}
         for name, optimizer, net, grads in updates:
             norms[f"{name}_grad_norm"] = _unscaled_norm(optimizer, grads)  # before the update
-            _apply_summed_gradients(optimizer, grads, net.trainable_variables)
+            optimizer.apply_gradients(zip(grads, net.trainable_variables))
         return self._update_trackers(scalars, norms)
 
     def test_step(self, data):
@@ -196,46 +196,23 @@ def _sum_over_replicas(grads):
                                                           list(grads))
 
 
-# Set while GRDNet.train_step applies gradients it has summed itself; per thread, since
-# MirroredStrategy traces each replica's step in a thread of its own.
-_SUMMED = threading.local()
-
-
 def _take_summed_gradients(optimizer):
-    """Lets `optimizer` (or a LossScaleOptimizer's inner one) take pre-summed gradients.
+    """Makes `optimizer` (or a LossScaleOptimizer's inner one) take gradients that are
+    already summed over the replicas; call when it is built under several replicas.
 
     A Keras 3 optimizer all-reduces (sums) the gradients it gets in a replica context
-    (`_all_reduce_sum_gradients` of the TensorFlow backend's optimizer, keras==3.15). While
-    `_apply_summed_gradients` runs in this thread, that sum is skipped: GRDNet.train_step
-    did it (one all-reduce, as before, whose result also gives the logged norm). Every other
-    use of the optimizer keeps Keras' behaviour.
+    (`_all_reduce_sum_gradients` of the TensorFlow backend's optimizer, keras==3.15).
+    GRDNet.train_step does that sum itself (`_sum_over_replicas`: the same single
+    all-reduce, whose result also gives the logged norm), so the optimizer's is skipped.
+    The optimizers of a GRDNet are applied by its train_step only. It is an instance
+    attribute for good (not swapped per step): MirroredStrategy runs each replica, and a
+    LossScaleOptimizer its inner updates, in threads of their own.
     """
     inner = getattr(optimizer, "inner_optimizer", optimizer)
-    if "_all_reduce_sum_gradients" in vars(inner):
-        return  # done already
-    keras_sum = getattr(inner, "_all_reduce_sum_gradients", None)
-    if keras_sum is None:
+    if not hasattr(inner, "_all_reduce_sum_gradients"):
         raise TypeError(f"optimizer {inner.name}: this Keras version has no "
                         "_all_reduce_sum_gradients (grdnet_tf needs keras==3.15)")
-
-    def all_reduce_sum_gradients(grads_and_vars):
-        if getattr(_SUMMED, "active", False):
-            return list(grads_and_vars)
-        return keras_sum(grads_and_vars)
-    vars(inner)["_all_reduce_sum_gradients"] = all_reduce_sum_gradients
-
-
-@tf.autograph.experimental.do_not_convert  # plain Python at trace time
-def _apply_summed_gradients(optimizer, grads, variables):
-    """`optimizer.apply_gradients` of gradients already summed by `_sum_over_replicas`."""
-    if tf.distribute.get_strategy().num_replicas_in_sync == 1:
-        optimizer.apply_gradients(zip(grads, variables))
-        return
-    _SUMMED.active = True
-    try:
-        optimizer.apply_gradients(zip(grads, variables))
-    finally:
-        _SUMMED.active = False
+    vars(inner)["_all_reduce_sum_gradients"] = list
 
 
 def _overflow_skips_every_update(updates):
