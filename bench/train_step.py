@@ -200,11 +200,7 @@ def before_after(config, model, batch, step, rounds, log):
             diff / tf.linalg.global_norm(old_grads[name]))
 
     log("before/after: tracing the step with Keras batch norm")
-    old_step = tf.function(old.train_step)
-    old_step(batch)
-    old_step(batch)
-    old_timing, new_timing = ceiling.alternating_calls(
-        [lambda: old_step(batch), lambda: step(batch)], rounds)
+    old_timing, new_timing = _interleaved([tf.function(old.train_step), step], batch, rounds)
     batch_size = int(batch[next(iter(batch))].shape[0])
     return {
         "old": OLD_BATCHNORM, "rounds": rounds,
@@ -232,11 +228,8 @@ def precision_row(config, model, batch, step, precision, rounds, log):
     losses, _ = tf.function(lambda: _losses_and_gradients(model, batch))()
     reduced_losses, _ = tf.function(lambda: _losses_and_gradients(reduced, batch))()
     log(f"precision: tracing the {precision} step")
-    reduced_step = tf.function(reduced.train_step)
-    reduced_step(batch)
-    reduced_step(batch)
-    float32_timing, reduced_timing = ceiling.alternating_calls(
-        [lambda: step(batch), lambda: reduced_step(batch)], rounds)
+    float32_timing, reduced_timing = _interleaved([step, tf.function(reduced.train_step)],
+                                                  batch, rounds)
     batch_size = int(batch[next(iter(batch))].shape[0])
     loss_difference = max(abs(float(reduced_losses[k]) - float(losses[k]))
                           / max(abs(float(losses[k])), 1e-12) for k in losses)
@@ -249,6 +242,15 @@ def precision_row(config, model, batch, step, precision, rounds, log):
         "max_relative_loss_difference": float(f"{loss_difference:.3g}"),
         "load_average": ceiling.load_average(),
     }
+
+
+def _interleaved(steps, batch, rounds):
+    """Each step called twice (tracing, warm-up), then all of them alternately `rounds`
+    times, so that they see the same load; one timing per step."""
+    for fn in steps:
+        fn(batch)
+        fn(batch)
+    return ceiling.alternating_calls([lambda fn=fn: fn(batch) for fn in steps], rounds)
 
 
 def time_steps(fn, batch, warmup, steps):
