@@ -27,6 +27,8 @@ and (--formats) every export format at batch 1 with the int8 LiteRT model's AURO
    (the model part only when the full scoring graph cannot be compiled).
    (--before_after) the same run exported with keras.layers.BatchNormalization (before
    grdnet_tf's fused batch norm), old and new signatures called alternately.
+   (--precisions=mixed_bfloat16) the same run exported at each precision: output
+   differences, and float32 ("old") and reduced ("new") signatures called alternately.
 6. FLOPs per image (bench/flops.py on the in-process scoring at a static shape) give the
    achieved GFLOP/s, compared with the conv ceiling measured in the same process.
 
@@ -51,7 +53,7 @@ from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
 import ceiling  # noqa: E402
 import flops  # noqa: E402
 from grdnet_tf import config as config_lib  # noqa: E402
-from grdnet_tf import run_dir, scoring  # noqa: E402
+from grdnet_tf import keys, run_dir, scoring  # noqa: E402
 from grdnet_tf.models import build_grdnet  # noqa: E402
 from grdnet_tf.serving import export_lib  # noqa: E402
 from grdnet_tf.training import checkpoints  # noqa: E402
@@ -206,6 +208,13 @@ def before_after(config, tmp, new_fn, size, rounds):
            "old_saved_model_op_types": {
                k: v for k, v in inspect_saved_model(version_dir)["op_types"].items()
                if k in ("FusedBatchNormV3", "Mul", "AddV2", "Rsqrt", "Sub")}}
+    out.update(_alternate(old_fn, new_fn, size, rounds))
+    return out
+
+
+def _alternate(old_fn, new_fn, size, rounds):
+    """Two signatures called alternately at batch 1 and 8 (same load); ms per image."""
+    out = {}
     for batch in (1, 8):
         images = random_images(batch, size)
         old_fn(images=images), new_fn(images=images)
@@ -217,6 +226,22 @@ def before_after(config, tmp, new_fn, size, rounds):
             "speedup_wall": round(old_timing.median_wall / new_timing.median_wall, 3),
             "speedup_cpu": round(old_timing.median_cpu / new_timing.median_cpu, 3)}
     out["load_average"] = ceiling.load_average()
+    return out
+
+
+def precision_comparison(run_path, tmp, float32_fn, size, precision, rounds):
+    """serving_default of the same run exported at `precision` ("new") against float32
+    ("old"): output differences on random images, then the two called alternately."""
+    version_dir = export_lib.export_run(run_path, os.path.join(tmp, f"export_{precision}"),
+                                        precision=precision)
+    fn = tf.saved_model.load(version_dir).signatures["serving_default"]
+    images = random_images(4, size, seed=1)
+    reference, reduced = float32_fn(images=images), fn(images=images)
+    def difference(key):
+        return float(f"{float(tf.reduce_max(tf.abs(reduced[key] - reference[key]))):.3g}")
+    out = {"precision": precision, "rounds": rounds, "max_abs_difference": {
+        key: difference(key) for key in (keys.ANOMALY_SCORE, keys.ANOMALY_MAP)}}
+    out.update(_alternate(float32_fn, fn, size, rounds))
     return out
 
 
@@ -329,6 +354,8 @@ def main():
     parser.add_argument("--before_after", action=argparse.BooleanOptionalAction,
                         default=True, help="compare with an export using Keras batch norm")
     parser.add_argument("--ceiling_repeats", type=int, default=10)
+    parser.add_argument("--precisions", default="mixed_bfloat16",
+                        help="comma-separated export precisions timed against float32")
     parser.add_argument("--wait_for_load", type=float, default=0,
                         help="seconds to wait at most for a load average below 1.5")
     args = parser.parse_args()
@@ -424,6 +451,10 @@ def main():
         if args.before_after:
             log("before/after: export with Keras batch norm")
             result["before_after"] = before_after(config, tmp, fn, size, 10)
+        for precision in filter(None, args.precisions.split(",")):
+            log(f"precision {precision} against float32")
+            result.setdefault("precision", []).append(precision_comparison(
+                os.path.join(tmp, "run"), tmp, fn, size, precision, 10))
         if args.xla:
             log("XLA comparison (in-process)")
             result["xla"] = xla_comparison(loaded_run.model, config, [1, 8], 5)

@@ -26,6 +26,9 @@ each config in its own process:
             the Keras layer used before it (keras.layers.BatchNormalization instead of
             FusedBatchNormalization): loss and gradient differences from identical weights,
             and old/new steps interleaved (same load) for speed.
+  precision the step under each ``--precisions`` dtype policy (default mixed_bfloat16)
+            from the same weights: loss differences, and float32 / reduced steps
+            interleaved (same load) for speed.
   xla       the same step with jit_compile=True: compile time and median step time.
   memory    peak RSS after the timed steps (model + step) and for the whole run.
 
@@ -63,6 +66,10 @@ def parse_args():
     parser.add_argument("--before_after", action=argparse.BooleanOptionalAction,
                         default=True, help="compare with keras.layers.BatchNormalization")
     parser.add_argument("--before_after_rounds", type=int, default=5)
+    parser.add_argument("--precisions", default="mixed_bfloat16",
+                        help="comma-separated train.precision values timed against float32 "
+                             "(alternating steps, same weights); empty = none")
+    parser.add_argument("--precision_rounds", type=int, default=5)
     parser.add_argument("--ceiling_repeats", type=int, default=10)
     parser.add_argument("--inter_op", type=int, default=0, help="0 = TensorFlow default")
     parser.add_argument("--intra_op", type=int, default=0, help="0 = TensorFlow default")
@@ -82,6 +89,7 @@ import ceiling  # noqa: E402
 import flops  # noqa: E402
 from grdnet_tf import keys  # noqa: E402
 from grdnet_tf.models import build_grdnet  # noqa: E402
+from grdnet_tf.models.grdnet import set_precision  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- step variants
@@ -192,11 +200,7 @@ def before_after(config, model, batch, step, rounds, log):
             diff / tf.linalg.global_norm(old_grads[name]))
 
     log("before/after: tracing the step with Keras batch norm")
-    old_step = tf.function(old.train_step)
-    old_step(batch)
-    old_step(batch)
-    old_timing, new_timing = ceiling.alternating_calls(
-        [lambda: old_step(batch), lambda: step(batch)], rounds)
+    old_timing, new_timing = _interleaved([tf.function(old.train_step), step], batch, rounds)
     batch_size = int(batch[next(iter(batch))].shape[0])
     return {
         "old": OLD_BATCHNORM, "rounds": rounds,
@@ -209,6 +213,44 @@ def before_after(config, model, batch, step, rounds, log):
         "numerics": {k: float(f"{v:.3g}") for k, v in numerics.items()},
         "load_average": ceiling.load_average(),
     }
+
+
+def precision_row(config, model, batch, step, precision, rounds, log):
+    """The step under the dtype policy `precision` against the float32 `step`: loss
+    differences from identical weights, then both steps alternating (same load)."""
+    set_precision(precision)
+    try:
+        reduced = build_grdnet(config, compile=True, precision=precision)
+    finally:
+        set_precision("float32")
+    for source, target in zip(model.variables, reduced.variables):
+        target.assign(source)
+    losses, _ = tf.function(lambda: _losses_and_gradients(model, batch))()
+    reduced_losses, _ = tf.function(lambda: _losses_and_gradients(reduced, batch))()
+    log(f"precision: tracing the {precision} step")
+    float32_timing, reduced_timing = _interleaved([step, tf.function(reduced.train_step)],
+                                                  batch, rounds)
+    batch_size = int(batch[next(iter(batch))].shape[0])
+    loss_difference = max(abs(float(reduced_losses[k]) - float(losses[k]))
+                          / max(abs(float(losses[k])), 1e-12) for k in losses)
+    return {
+        "precision": precision, "rounds": rounds,
+        "float32_images_per_second": round(batch_size / float32_timing.median_wall, 3),
+        "images_per_second": round(batch_size / reduced_timing.median_wall, 3),
+        "speedup_wall": round(float32_timing.median_wall / reduced_timing.median_wall, 3),
+        "speedup_cpu": round(float32_timing.median_cpu / reduced_timing.median_cpu, 3),
+        "max_relative_loss_difference": float(f"{loss_difference:.3g}"),
+        "load_average": ceiling.load_average(),
+    }
+
+
+def _interleaved(steps, batch, rounds):
+    """Each step called twice (tracing, warm-up), then all of them alternately `rounds`
+    times, so that they see the same load; one timing per step."""
+    for fn in steps:
+        fn(batch)
+        fn(batch)
+    return ceiling.alternating_calls([lambda fn=fn: fn(batch) for fn in steps], rounds)
 
 
 def time_steps(fn, batch, warmup, steps):
@@ -483,6 +525,11 @@ def run_config(name, args, log):
         log(f"[{name}] before/after: Keras batch norm")
         result["before_after"] = {"batchnorm": before_after(config, model, batch, step,
                                                             args.before_after_rounds, log)}
+
+    for precision in filter(None, args.precisions.split(",")):
+        log(f"[{name}] precision {precision} against float32")
+        result.setdefault("precision", []).append(
+            precision_row(config, model, batch, step, precision, args.precision_rounds, log))
 
     if args.split:
         log(f"[{name}] split: step without each update")

@@ -15,6 +15,7 @@ CHANNELS = (1, 3)                                        # data.channels
 ENCODER_NORMS = ("l2", "l1")                             # loss.enc_norm
 ROI_MODES = ("target", "prediction")                     # loss.roi_mode
 STRATEGIES = ("auto", "mirrored", "multi_worker", "default")  # train.strategy
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # train.precision
 BEST_METRICS = ("segmentator_loss", "total_loss")        # train.best_metric
 PATCH_SAMPLINGS = ("random", "grid")                     # data.patch_sampling
 SMOOTHING_AUTO = ("validation", "image_size")            # scoring.smoothing_auto

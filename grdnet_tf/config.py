@@ -27,6 +27,7 @@ ALLOWED = {
     "loss.enc_norm": choices.ENCODER_NORMS,
     "loss.roi_mode": choices.ROI_MODES,
     "train.strategy": choices.STRATEGIES,
+    "train.precision": choices.PRECISIONS,
     "train.best_metric": choices.BEST_METRICS,
     "data.patch_sampling": choices.PATCH_SAMPLINGS,
     "scoring.smoothing_auto": choices.SMOOTHING_AUTO,
@@ -224,7 +225,14 @@ def base_config() -> ml_collections.ConfigDict:
     # multi_worker: seconds to wait for every worker of TF_CONFIG to start before failing
     # with an error naming them; 0 waits forever.
     c.train.worker_timeout_seconds = 600
-    c.train.mixed_precision = False
+    # Dtype policy of training (float32 variables in every case): "float32",
+    # "mixed_bfloat16" (bfloat16 compute, no loss scaling; native on CPUs with AVX512_BF16)
+    # or "mixed_float16" (float16 compute, dynamic loss scaling of all three optimizers).
+    c.train.precision = "float32"
+    # With several replicas, batch-norm moments over the global batch (all-reduced), so the
+    # moving statistics kept in checkpoints and exports are those of one device on the same
+    # batch; False keeps per-replica statistics. No effect on one device.
+    c.train.sync_batch_norm = True
     c.train.jit_compile = False
     c.train.checkpoint_every_steps = 200
     c.train.keep_checkpoints = 3
@@ -440,16 +448,30 @@ REMOVED_KEYS = {
 }
 
 
+# Keys of older runs whose values moved to a new key: {old key: (new key, {old: new value})}.
+MOVED_KEYS = {
+    "train.mixed_precision": ("train.precision", {False: "float32", True: "mixed_float16"}),
+}
+
+
 def from_dict(values) -> ml_collections.FrozenConfigDict:
     """Builds a frozen config from a plain dict, filling keys added since it was written.
 
     A removed key (`REMOVED_KEYS`) at its neutral value is dropped; any other value of it
-    raises ValueError saying what replaced it.
+    raises ValueError saying what replaced it. A moved key (`MOVED_KEYS`) sets its new key.
     """
     config = base_config()
 
     def merge(node, update, prefix):
         for key, value in update.items():
+            if f"{prefix}{key}" in MOVED_KEYS:
+                new_key, mapping = MOVED_KEYS[f"{prefix}{key}"]
+                if value not in mapping:
+                    raise ValueError(f"config key {prefix}{key}={value!r}: expected one of "
+                                     f"{sorted(mapping)} (now {new_key})")
+                section, name = new_key.split(".")
+                config[section][name] = mapping[value]
+                continue
             if f"{prefix}{key}" in REMOVED_KEYS:
                 neutral, why = REMOVED_KEYS[f"{prefix}{key}"]
                 if value != neutral:

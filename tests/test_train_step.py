@@ -20,13 +20,13 @@ from dist_worker import make_config
 ORDER = ("discriminator", "generator", "segmentator")
 
 
-def make_model(seed=0, mixed_precision=False, **loss):
+def make_model(seed=0, precision="float32", **loss):
     """GRDNet of the tiny config with one stage per network (dist_worker.make_config),
     compiled with the trainer's optimizers."""
     config = make_config()
     config.loss.update(loss)
     keras.utils.set_random_seed(seed)
-    model = build_grdnet(config, compile=True, mixed_precision=mixed_precision)
+    model = build_grdnet(config, compile=True, precision=precision)
     return model
 
 
@@ -190,7 +190,7 @@ def test_fit_runs_two_steps():
 
 
 def test_mixed_float16_train_step(mixed_float16):
-    model = make_model(seed=5, mixed_precision=True)
+    model = make_model(seed=5, precision="mixed_float16")
     assert all(isinstance(o, keras.optimizers.LossScaleOptimizer)
                for o in model.optimizers.values())
     assert model.generator.compute_dtype == "float16"

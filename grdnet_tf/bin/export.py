@@ -12,6 +12,7 @@ export/README.md.
 """
 from absl import flags
 
+from grdnet_tf import choices
 from grdnet_tf.bin import common
 
 common.quiet_tensorflow()
@@ -39,6 +40,10 @@ _INPUT_SIZE = flags.DEFINE_list(
 _MAX_PIXELS = flags.DEFINE_integer(
     "max_pixels", 2 ** 24, "Decoded pixels (height x width, summed over the batch) one "
     "request may hold; larger requests get an InvalidArgument error (export/README.md).")
+_PRECISION = flags.DEFINE_enum(
+    "precision", "float32", list(choices.PRECISIONS),
+    "Compute dtype of the exported networks (float32 weights in every case), as "
+    "train.precision.")
 
 
 def main(argv):
@@ -53,7 +58,7 @@ def main(argv):
                                      pixel_threshold=_PIXEL_THRESHOLD.value,
                                      export_format=_FORMAT.value,
                                      input_size=_input_size(),
-                                     max_pixels=_MAX_PIXELS.value)
+                                     max_pixels=_MAX_PIXELS.value, precision=_PRECISION.value)
     except common.USER_ERRORS as e:
         common.fail(str(e))
     print(path)

@@ -42,8 +42,24 @@ class FusedBatchNormalization(layers.BatchNormalization):
     case (float16/bfloat16 inputs, masks, renorm, synchronized, other axes or ranks) runs
     the Keras implementation unchanged.
 
-    Args: as `keras.layers.BatchNormalization`.
+    Synchronised batch norm: when training runs under a tf.distribute strategy with more
+    than one replica in sync and `cross_replica` is on (the default), the batch moments are
+    those of the global batch, all-reduced over the replicas (`global_moments`), so every
+    replica normalises and updates its moving statistics as one device would on the whole
+    batch. With one replica (or `cross_replica=False`) nothing changes.
+
+    Args: as `keras.layers.BatchNormalization`, and
+        cross_replica: synchronise the training moments over the replicas when there are
+            several (default True; no effect on one device).
     """
+
+    def __init__(self, cross_replica=True, **kwargs):
+        super().__init__(**kwargs)
+        self.cross_replica = bool(cross_replica)
+
+    def _synchronise(self, training):
+        return bool(training and self.trainable and (self.cross_replica or self.synchronized)
+                    and tf.distribute.get_strategy().num_replicas_in_sync > 1)
 
     def _fusable(self, inputs, mask):
         return (mask is None and not self.renorm and not self.synchronized
@@ -51,8 +67,13 @@ class FusedBatchNormalization(layers.BatchNormalization):
                 and self.axis in (-1, 3) and inputs.dtype == tf.float32
                 and self.compute_dtype == "float32" and keras.backend.backend() == "tensorflow")
 
+    def _moments(self, inputs, mask):
+        if mask is None and self._synchronise(True):
+            return global_moments(inputs, self._reduction_axes)
+        return super()._moments(inputs, mask)
+
     def call(self, inputs, training=None, mask=None):
-        if not self._fusable(inputs, mask):
+        if self._synchronise(training) or not self._fusable(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         gamma = tf.convert_to_tensor(self.gamma)
         beta = tf.convert_to_tensor(self.beta)
@@ -76,6 +97,37 @@ class FusedBatchNormalization(layers.BatchNormalization):
             variance=tf.convert_to_tensor(self.moving_variance), epsilon=self.epsilon,
             data_format="NHWC", is_training=False)
         return outputs
+
+
+    def get_config(self):
+        return {**super().get_config(), "cross_replica": self.cross_replica}
+
+
+def global_moments(inputs, axes):
+    """(mean, variance) over `axes` (all axes but the channel axis) of the inputs of all
+    replicas in sync; call in a replica context.
+
+    Two passes as `tf.nn.moments` on one device: the all-reduced sum and count give the
+    global mean, then the all-reduced sum of squared deviations from it the (biased)
+    variance, so there is no E[x^2] - E[x]^2 cancellation. Two all-reduces of one value per
+    channel (the count rides with the sums).
+    """
+    context = tf.distribute.get_replica_context()
+    inputs = tf.convert_to_tensor(inputs)
+    rank = len(inputs.shape)
+    (channel_axis,) = [a for a in range(rank) if a not in [x % rank for x in axes]]
+    channels = inputs.shape[channel_axis]
+    count = tf.cast(tf.size(inputs) // tf.shape(inputs)[channel_axis], inputs.dtype)
+    local = tf.concat([tf.reduce_sum(inputs, axis=axes), count[None]], axis=0)
+    total = context.all_reduce(tf.distribute.ReduceOp.SUM, local)
+    global_count = total[channels]
+    mean = total[:channels] / global_count
+    broadcast = [channels if a == channel_axis else 1 for a in range(rank)]
+    deviations = tf.reduce_sum(
+        tf.math.squared_difference(inputs, tf.stop_gradient(tf.reshape(mean, broadcast))),
+        axis=axes)
+    variance = context.all_reduce(tf.distribute.ReduceOp.SUM, deviations) / global_count
+    return mean, variance
 
 
 def make_norm(kind, channels, name):

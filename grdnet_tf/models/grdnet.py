@@ -25,7 +25,8 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from grdnet_tf import keys, losses
+from grdnet_tf import choices, keys, losses
+from grdnet_tf.models.blocks import FusedBatchNormalization
 from grdnet_tf.models.networks import build_networks
 
 LOSS_METRICS = ("total_loss", "generator_loss", "adversarial_loss", "contextual_loss",
@@ -70,6 +71,8 @@ class GRDNet(keras.Model):
         super().compile(optimizer=g_optimizer, **kwargs)
         for optimizer, net in self._pairs():
             optimizer.build(net.trainable_variables)
+            if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+                _take_summed_gradients(optimizer)
 
     def _pairs(self):
         return ((self.g_optimizer, self.generator), (self.d_optimizer, self.discriminator),
@@ -139,11 +142,14 @@ class GRDNet(keras.Model):
             scaled_s = _scale(self.s_optimizer, scalars["segmentator_loss"])
         s_grads = seg_tape.gradient(scaled_s, self.segmentator.trainable_variables)
 
+        updates = [(name, optimizer, net, _sum_over_replicas(grads))
+                   for name, optimizer, net, grads in (
+                       ("discriminator", self.d_optimizer, self.discriminator, d_grads),
+                       ("generator", self.g_optimizer, self.generator, g_grads),
+                       ("segmentator", self.s_optimizer, self.segmentator, s_grads))]
+        updates = _overflow_skips_every_update(updates)
         norms = {}
-        for name, optimizer, net, grads in (
-                ("discriminator", self.d_optimizer, self.discriminator, d_grads),
-                ("generator", self.g_optimizer, self.generator, g_grads),
-                ("segmentator", self.s_optimizer, self.segmentator, s_grads)):
+        for name, optimizer, net, grads in updates:
             norms[f"{name}_grad_norm"] = _unscaled_norm(optimizer, grads)  # before the update
             optimizer.apply_gradients(zip(grads, net.trainable_variables))
         return self._update_trackers(scalars, norms)
@@ -181,6 +187,58 @@ class GRDNet(keras.Model):
         return cls(**config)
 
 
+def _sum_over_replicas(grads):
+    """The gradients summed over the replicas in sync (one all-reduce, the one the optimizer
+    would do); unchanged with one replica. The logged norm is then that of the update."""
+    if tf.distribute.get_strategy().num_replicas_in_sync == 1:
+        return grads
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM,
+                                                          list(grads))
+
+
+def _take_summed_gradients(optimizer):
+    """Makes `optimizer` (or a LossScaleOptimizer's inner one) take gradients that are
+    already summed over the replicas; call when it is built under several replicas.
+
+    A Keras 3 optimizer all-reduces (sums) the gradients it gets in a replica context
+    (`_all_reduce_sum_gradients` of the TensorFlow backend's optimizer, keras==3.15).
+    GRDNet.train_step does that sum itself (`_sum_over_replicas`: the same single
+    all-reduce, whose result also gives the logged norm), so the optimizer's is skipped.
+    The optimizers of a GRDNet are applied by its train_step only. It is an instance
+    attribute for good (not swapped per step): MirroredStrategy runs each replica, and a
+    LossScaleOptimizer its inner updates, in threads of their own.
+    """
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if not hasattr(inner, "_all_reduce_sum_gradients"):
+        raise TypeError(f"optimizer {inner.name}: this Keras version has no "
+                        "_all_reduce_sum_gradients (grdnet_tf needs keras==3.15)")
+    vars(inner)["_all_reduce_sum_gradients"] = list
+
+
+def _overflow_skips_every_update(updates):
+    """Under loss scaling, one network's overflow skips the step of all three.
+
+    Each LossScaleOptimizer skips its update (and lowers its scale) when its own gradients
+    are not finite; left alone, the discriminator could step while the generator it is
+    trained against does not. Here a non-finite gradient anywhere makes the first gradient of
+    every loss-scaled optimizer NaN (`tf.where`: finite gradients pass unchanged, bit for
+    bit), so they all skip together. Without loss scaling nothing changes.
+    """
+    def scaled(optimizer):
+        return isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    if not any(scaled(optimizer) for _, optimizer, _, _ in updates):
+        return updates
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
+                            for *_, grads in updates for g in grads])
+    out = []
+    for name, optimizer, net, grads in updates:
+        if scaled(optimizer):
+            nan = tf.constant(float("nan"), grads[0].dtype)
+            grads = [tf.where(finite, grads[0], nan)] + list(grads[1:])
+        out.append((name, optimizer, net, grads))
+    return out
+
+
 def _scale(optimizer, loss):
     """Loss scaling for mixed precision (a LossScaleOptimizer); identity otherwise."""
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
@@ -204,13 +262,15 @@ def _unscaled_norm(optimizer, grads):
     return tf.where(finite, norm, 0.0), tf.cast(finite, norm.dtype)
 
 
-def build_grdnet(config, compile=False, mixed_precision=False, optimizers=None):
-    """The GRDNet of a grdnet_tf config (sections model, data, loss), every variable created.
+def build_grdnet(config, compile=False, precision="float32", optimizers=None):
+    """The GRDNet of a grdnet_tf config (sections model, data, loss, train), every variable
+    created.
 
     Variables are created at (data.image_size, data.channels): call inside the strategy
-    scope. With `compile`, the model is compiled with `optimizers` (generator,
-    discriminator, segmentator) or, when None, `make_optimizers(config.optimizer,
-    mixed_precision)`.
+    scope, under the Keras dtype policy of `precision` (`set_precision`). Batch norm is
+    synchronised over the replicas when several train unless train.sync_batch_norm is off.
+    With `compile`, the model is compiled with `optimizers` (generator, discriminator,
+    segmentator) or, when None, `make_optimizers(config.optimizer, precision)`.
     """
     generator, discriminator, segmentator = build_networks(config)
     model = GRDNet(generator, discriminator, segmentator,
@@ -218,18 +278,31 @@ def build_grdnet(config, compile=False, mixed_precision=False, optimizers=None):
                    name="grdnet")
     height, width = config.data.image_size
     model.build_from_shape((height, width, config.data.channels))
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, FusedBatchNormalization):
+            layer.cross_replica = bool(config.train.sync_batch_norm)
     if compile:
-        model.compile(*(optimizers or make_optimizers(config.optimizer, mixed_precision)))
+        model.compile(*(optimizers or make_optimizers(config.optimizer, precision)))
     return model
 
 
-def make_optimizers(optimizer_config, mixed_precision=False):
-    """Three Adam optimizers (generator, discriminator, segmentator) from config ``optimizer``."""
+def set_precision(precision):
+    """Sets the global Keras dtype policy of a `choices.PRECISIONS` name (train.precision):
+    float32, mixed_bfloat16 or mixed_float16 (float32 variables, reduced-precision compute);
+    layers take the policy in force when they are created."""
+    choices.check("precision", precision, choices.PRECISIONS)
+    keras.mixed_precision.set_global_policy(precision)
+
+
+def make_optimizers(optimizer_config, precision="float32"):
+    """Three Adam optimizers (generator, discriminator, segmentator) from config ``optimizer``;
+    under mixed_float16 each is a LossScaleOptimizer (bfloat16 has float32's range and needs
+    no loss scaling)."""
     def make(name):
         optimizer = keras.optimizers.Adam(learning_rate=optimizer_config.learning_rate,
                                           beta_1=optimizer_config.beta_1,
                                           beta_2=optimizer_config.beta_2, name=name)
-        if mixed_precision:
+        if precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer, name=f"{name}_scaled")
         return optimizer
     return make("g_adam"), make("d_adam"), make("s_adam")

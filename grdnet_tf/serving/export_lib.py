@@ -50,7 +50,7 @@ import tensorflow as tf
 from absl import logging
 
 from grdnet_tf import config as config_lib
-from grdnet_tf import file_modes, heatmap, keys, run_dir, scoring
+from grdnet_tf import choices, file_modes, heatmap, keys, run_dir, scoring
 
 METADATA_DIR = "assets.extra"          # TF Serving convention: not read by the server
 METADATA_JSON = "grdnet.json"
@@ -427,6 +427,7 @@ def _metadata(loaded, params, decision, threshold_source, version, model_dir,
         "heatmap_alpha": HEATMAP_ALPHA,
         "model_dir": model_dir,
         "source_checkpoint": os.path.abspath(loaded.checkpoint_path),
+        "precision": loaded.model.generator.dtype_policy.name,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -573,7 +574,7 @@ def check_finite_model(loaded, functions, params):
 
 def export_run(model_dir, export_dir, version=None, overwrite=False, checkpoint="best",
                threshold=None, pixel_threshold=None, export_format="saved_model",
-               input_size=None, max_pixels=DEFAULT_MAX_PIXELS):
+               input_size=None, max_pixels=DEFAULT_MAX_PIXELS, precision="float32"):
     """Exports a trained run as ``<export_dir>/<version>`` and returns that path.
 
     Args:
@@ -589,6 +590,9 @@ def export_run(model_dir, export_dir, version=None, overwrite=False, checkpoint=
         input_size: (h, w) fixed input of an ONNX / LiteRT export (LiteRT default: the
             model input size; ONNX default: free).
         max_pixels: decoded pixels one request may hold (height x width over the batch).
+        precision: dtype policy of the exported networks (`choices.PRECISIONS`, as
+            train.precision): float32, or float32 weights computing in bfloat16/float16;
+            outputs and scoring stay float32.
 
     Flags are validated before the model is loaded and before anything is written; on any
     failure no version folder and no temporary folder is left behind.
@@ -604,7 +608,8 @@ def export_run(model_dir, export_dir, version=None, overwrite=False, checkpoint=
     _check_format(export_format, input_size, config)
     _check_version(os.path.abspath(export_dir), version, overwrite)
     _check_max_pixels(max_pixels)
-    loaded = run_dir.load_for_inference(model_dir, checkpoint)
+    choices.check("precision", precision, choices.PRECISIONS)
+    loaded = _load_at_precision(model_dir, checkpoint, precision)
     return export_model(loaded, export_dir, version=version, overwrite=overwrite,
                         threshold=threshold, model_dir=model_dir,
                         pixel_threshold=pixel_threshold, export_format=export_format,
@@ -614,6 +619,17 @@ def export_run(model_dir, export_dir, version=None, overwrite=False, checkpoint=
 def _check_max_pixels(max_pixels):
     if isinstance(max_pixels, bool) or int(max_pixels) != max_pixels or max_pixels < 1:
         raise ValueError(f"--max_pixels={max_pixels!r} must be a positive integer")
+
+
+def _load_at_precision(model_dir, checkpoint, precision):
+    """`run_dir.load_for_inference` with the networks built under the policy `precision`
+    (layers keep the policy in force when they are created); the global policy is restored."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        return run_dir.load_for_inference(model_dir, checkpoint)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def export_model(loaded, export_dir, version=None, overwrite=False, threshold=None,

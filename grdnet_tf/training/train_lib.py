@@ -37,7 +37,7 @@ from grdnet_tf import calibration as calibration_lib
 from grdnet_tf import config as config_lib
 from grdnet_tf import keys, progress, run_dir, run_scoring
 from grdnet_tf.data import mvtec, pipeline
-from grdnet_tf.models.grdnet import LOSS_METRICS, build_grdnet
+from grdnet_tf.models.grdnet import LOSS_METRICS, build_grdnet, set_precision
 from grdnet_tf.training import checkpoints as ckpt_lib
 from grdnet_tf.training import strategy as strategy_lib
 
@@ -339,10 +339,14 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info,
     keras.utils.set_random_seed(config.seed)
     if config.train.deterministic:
         tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_global_policy(
-        "mixed_float16" if config.train.mixed_precision else "float32")
+    set_precision(config.train.precision)
     strategy = strategy or strategy_lib.make_strategy(
         config.train.strategy, worker_timeout_seconds=config.train.worker_timeout_seconds)
+    if config.train.jit_compile and strategy.num_replicas_in_sync > 1:
+        # A jit-compiled function inside strategy.run cannot hold the gradient and batch-norm
+        # all-reduces (TensorFlow: "merge_call called while defining a new graph").
+        raise ValueError(f"train.jit_compile=True runs on one replica only, not "
+                         f"{strategy.num_replicas_in_sync}")
     chief = strategy_lib.is_chief(strategy)
     _, task_id = strategy_lib.task_info(strategy)
     lock = run_dir.RunLock(model_dir) if chief else None
@@ -371,8 +375,7 @@ def _train_locked(config, data_dir, model_dir, strategy, chief, task_id, log_fn,
         1, pipeline.items_per_epoch(config, data.train_cache) // global_batch)
 
     with strategy.scope():
-        model = build_grdnet(config, compile=True,
-                             mixed_precision=config.train.mixed_precision)
+        model = build_grdnet(config, compile=True, precision=config.train.precision)
     # Host-side counters: plain variables (inside the scope they would be MirroredVariables,
     # which int() and float() reject).
     state = ckpt_lib.TrainState()
