@@ -101,7 +101,10 @@ def run(mode, out_dir, sync="1", precision="float32"):
                     arrays[f"{name}/{variable.path}#{i}"] = copy.numpy()
     try:  # XLA cannot compile a step holding all-reduces: refused before any data is read
         from grdnet_tf.training import train_lib
-        train_lib.train(make_config(jit_compile=True), os.path.join(out_dir, "no_data"),
+        task = getattr(strategy.cluster_resolver, "task_id", 0) or 0
+        empty = os.path.join(out_dir, f"no_data{task}")
+        os.makedirs(os.path.join(empty, "train", "good"), exist_ok=True)  # a layout, no images
+        train_lib.train(make_config(jit_compile=True), empty,
                         os.path.join(out_dir, "no_run"), strategy=strategy)
     except ValueError as e:
         arrays["jit_compile_error"] = np.array(str(e))

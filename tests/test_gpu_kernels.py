@@ -77,8 +77,14 @@ def test_serving_graph_has_gpu_kernels_only(tmp_path):
     # serve_bytes decodes and encodes files on the host (DecodeImage, EncodePng: CPU only).
     # serve_roi's shape check carries its message as a string constant: host memory, read
     # only when the assertion fails, as TensorFlow places every string tensor.
-    expected = {"serving_default": set(),
-                "serve_roi": {("Const", (("dtype", "string"),))}}
+    # Both validate their inputs at run time (TF Serving does not enforce a signature's
+    # shape): the int32 shape goes through SerializeTensor/ParseTensor so that graph-time
+    # constant folding cannot drop the check, and the assert messages are string constants.
+    # All of it is host-side shape bookkeeping (int32 shapes live in host memory on a GPU,
+    # too); no image data passes through a host-only op.
+    validation = {("Const", (("dtype", "string"),)), ("SerializeTensor", (("T", "int32"),)),
+                  ("ParseTensor", (("out_type", "int32"),))}
+    expected = {"serving_default": validation, "serve_roi": validation}
     for name, host_only in expected.items():
         graph_def = functions[name].get_concrete_function().graph.as_graph_def()
         assert ops_without_gpu_kernel(graph_def) == host_only, name
