@@ -3,10 +3,13 @@ with two local workers, each in subprocesses running tests/dist_worker.py (logic
 and the worker cluster must be configured before TensorFlow initialises)."""
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -68,15 +71,28 @@ def runs(demo_category, tmp_path_factory):
     (root / "mirrored").mkdir()
     commands = [([sys.executable, WORKER, "mirrored", demo_category,
                   str(root / "mirrored" / "run"), str(root / "mirrored")], _env())]
+    results = _run_all(commands + _multi_worker_commands(demo_category, root))
+    if any(code == -signal.SIGSEGV for code, _ in results[1:]):
+        # TF 2.21's CPU collectives crash now and then (docs/tf-notes.md): one more try
+        # of the pair, from scratch; a second crash or any other failure still fails.
+        warnings.warn(f"multi-worker pair crashed (SIGSEGV), retried once: "
+                      f"{[code for code, _ in results[1:]]}")
+        shutil.rmtree(root / "multi_worker", ignore_errors=True)
+        results = results[:1] + _run_all(_multi_worker_commands(demo_category, root))
+    return root, results
+
+
+def _multi_worker_commands(demo_category, root):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    commands = []
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         # TF_ENABLE_ONEDNN_OPTS=0 as grdnet-train sets it (grdnet_tf.training.strategy).
         commands.append(([sys.executable, WORKER, "multi_worker", demo_category,
                           str(root / "multi_worker" / "run"), str(root / f"worker{index}.json")],
                          _env(TF_CONFIG=tf_config, TF_ENABLE_ONEDNN_OPTS="0")))
-    return root, _run_all(commands)
+    return commands
 
 
 @pytest.fixture(scope="module")
