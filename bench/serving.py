@@ -358,6 +358,7 @@ def main():
                         help="comma-separated export precisions timed against float32")
     parser.add_argument("--wait_for_load", type=float, default=0,
                         help="seconds to wait at most for a load average below 1.5")
+    parser.add_argument("--name", default="serving", help="bench/results/<name>.json")
     args = parser.parse_args()
 
     def log(message):
@@ -460,7 +461,7 @@ def main():
             result["xla"] = xla_comparison(loaded_run.model, config, [1, 8], 5)
     result["peak_rss_mb"] = ceiling.peak_rss_mb()
     result["load_average_end"] = ceiling.load_average()
-    ceiling.write_result("serving", result)
+    ceiling.write_result(args.name, result)
 
 
 if __name__ == "__main__":
