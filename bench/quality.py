@@ -5,6 +5,8 @@
   .venv/bin/python bench/quality.py tire            # ../shared/data/mvtec3d_tire, cpu_small
   .venv/bin/python bench/quality.py demo_small      # demo data with cpu_small (128 px)
   .venv/bin/python bench/quality.py magnetic_tile   # ../shared/data/magnetic_tile, cpu_small, gray
+  .venv/bin/python bench/quality.py tire_roi        # tire with grdnet-roi masks, no rotation
+  .venv/bin/python bench/quality.py magnetic_tile_roi  # magnetic tile with grdnet-roi masks
 
 Each run trains from scratch into runs/quality_<name>/ (deleted first), evaluates the test
 split with grdnet-eval's library function, and writes bench/results/quality_<name>.json
@@ -52,7 +54,50 @@ SETTINGS = {
                           # tire's 30 epochs (780), within issue 18's 30 training minutes.
                           overrides={"data.channels": 1, "train.epochs": 10}),
 }
-SUITE = ("demo", "tire", "magnetic_tile")  # the settings of `suite` (issue 18)
+# The settings with ROI masks written by grdnet-roi (docs/roi.md's rules for these two
+# datasets) into runs/roi_data/<data>/: a mirror of the category whose image folders are
+# symlinks and whose train/roi, validation/roi and test_roi/ are the written masks, so the
+# shared data stay read-only and a fresh machine rebuilds the same masks.
+ROI_RULES = {
+    "mvtec3d_tire": dict(features=("border_distance", "local_contrast"), threshold="triangle",
+                         blur_sigma=3.0, open_radius=3, close_radius=25, convex_hull=True,
+                         margin=10),
+    "magnetic_tile": dict(features=("grey",), polarity="bright", threshold="fixed", level=25.0,
+                          blur_sigma=2.0, open_radius=3, keep=1, margin=2),
+}
+SETTINGS["tire_roi"] = dict(SETTINGS["tire"], roi="mvtec3d_tire", overrides={
+    **SETTINGS["tire"]["overrides"],
+    # A fixed-pose part (docs/method.md, orientation): no rotation of the normals.
+    "synthesis.rotation_deg": 0.0})
+SETTINGS["magnetic_tile_roi"] = dict(SETTINGS["magnetic_tile"], roi="magnetic_tile")
+SUITE = ("demo", "tire_roi", "magnetic_tile_roi")  # the settings of `suite` (issue 18)
+
+
+def roi_data_dir(category_dir, name):
+    """runs/roi_data/<name>/: symlinks to ``category_dir``'s image folders plus the ROI
+    masks of ROI_RULES[name] (written once; kept masks are reused)."""
+    from grdnet_tf import roi
+
+    mirror = os.path.join(REPO, "runs", "roi_data", name)
+    os.makedirs(mirror, exist_ok=True)
+    for top in sorted(os.listdir(category_dir)):
+        source = os.path.join(category_dir, top)
+        if not os.path.isdir(source):
+            continue
+        if top in ("train", "validation"):  # <split>/<class>/ images, <split>/roi/ masks
+            for sub in sorted(os.listdir(source)):
+                link = os.path.join(mirror, top, sub)
+                if sub != "roi" and not os.path.lexists(link):
+                    os.makedirs(os.path.dirname(link), exist_ok=True)
+                    os.symlink(os.path.join(source, sub), link)
+        elif not os.path.lexists(os.path.join(mirror, top)):
+            os.symlink(source, os.path.join(mirror, top))
+    splits = tuple(s for s in ("train", "validation", "test")
+                   if os.path.isdir(os.path.join(category_dir, s)))
+    summary = roi.write_rois(mirror, splits=splits, rule=roi.ForegroundRule(**ROI_RULES[name]))
+    logging.info("ROI masks in %s: written %s, kept %s", mirror, summary["written"],
+                 summary["kept"])
+    return mirror
 
 
 def _parameter_counts(config):
@@ -86,6 +131,8 @@ def run_setting(name, extra_overrides, tag=""):
     data_dir = setting["data"]
     if data_dir == "demo":
         data_dir = demo.make_demo_dataset(os.path.join(REPO, "runs", f"demo_data{tag}"))
+    if setting.get("roi"):
+        data_dir = roi_data_dir(data_dir, setting["roi"])
     start = time.perf_counter()
     summary = train_lib.train(config, data_dir, run_dir)
     train_minutes = (time.perf_counter() - start) / 60
