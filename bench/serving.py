@@ -29,6 +29,8 @@ and (--formats) every export format at batch 1 with the int8 LiteRT model's AURO
    grdnet_tf's fused batch norm), old and new signatures called alternately.
    (--precisions=mixed_bfloat16) the same run exported at each precision: output
    differences, and float32 ("old") and reduced ("new") signatures called alternately.
+   (--precision_quality_run=RUN --quality_data=DIR --precisions=...) only: a trained run
+   exported at float32 and each precision, image/pixel AUROC and AUPRO on DIR's test split.
 6. FLOPs per image (bench/flops.py on the in-process scoring at a static shape) give the
    achieved GFLOP/s, compared with the conv ceiling measured in the same process.
 
@@ -310,6 +312,45 @@ def format_quality(run_path, data_dir, tmp):
     return out
 
 
+def precision_quality(run_path, data_dir, precisions, tmp):
+    """Image AUROC, pixel AUROC and AUPRO on the test split of a trained run exported as a
+    SavedModel at float32 and at each of ``precisions`` (serving_default, one image per call,
+    every image at its own size), and the largest score and map differences from float32."""
+    from grdnet_tf.data import io, mvtec
+    from grdnet_tf.evaluation import metrics as metrics_lib
+
+    channels = int(run_dir.load_run_config(run_path).data.channels)
+    samples = mvtec.index_test(data_dir)
+    images = [io.read_image(s.path, None, 3) for s in samples]
+    masks = [io.read_mask(s.mask_path, image.shape[:2]) if s.mask_path else
+             np.zeros(image.shape[:2], np.uint8) for s, image in zip(samples, images)]
+    labels = [s.label for s in samples]
+    out = {"data_dir": data_dir, "run": run_path, "test_images": len(samples),
+           "channels": channels}
+    reference = None
+    for precision in ("float32", *precisions):
+        version_dir = export_lib.export_run(run_path, os.path.join(tmp, f"q_{precision}"),
+                                            precision=precision)
+        fn = tf.saved_model.load(version_dir).signatures["serving_default"]
+        scores, maps = [], []
+        for image in images:
+            outputs = fn(images=tf.constant(image[None]))
+            scores.append(float(np.asarray(outputs["anomaly_score"])[0]))
+            maps.append(np.asarray(outputs["anomaly_map"])[0])
+        scores = np.array(scores)
+        entry = {"image_auroc": round(metrics_lib.image_auroc(labels, scores), 4),
+                 "pixel_auroc": round(metrics_lib.pixel_auroc(masks, maps), 4),
+                 "aupro": round(metrics_lib.aupro(masks, maps), 4)}
+        if reference is None:
+            reference = (scores, maps)
+        else:
+            entry["max_abs_score_diff_vs_float32"] = float(np.abs(scores - reference[0]).max())
+            entry["max_abs_map_diff_vs_float32"] = float(max(
+                np.abs(m - r).max() for m, r in zip(maps, reference[1])))
+        out[precision] = entry
+    return out
+
+
 def formats_main(args, log):
     """--formats: batch-1 latency of every format (+ AUROC with --quality_run)."""
     config = flops.load_config(args.config)
@@ -358,6 +399,9 @@ def main():
                         help="comma-separated export precisions timed against float32")
     parser.add_argument("--wait_for_load", type=float, default=0,
                         help="seconds to wait at most for a load average below 1.5")
+    parser.add_argument("--precision_quality_run", default="",
+                        help="a trained run: image/pixel AUROC and AUPRO of its SavedModel at "
+                             "float32 and each --precisions on --quality_data's test split")
     parser.add_argument("--name", default="serving", help="bench/results/<name>.json")
     args = parser.parse_args()
 
@@ -366,6 +410,14 @@ def main():
               file=sys.stderr, flush=True)
 
     waited = ceiling.wait_for_load(args.wait_for_load, log=log)
+    if args.precision_quality_run:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = {"benchmark": "serving_precision_quality", "tf_version": tf.__version__,
+                      **precision_quality(args.precision_quality_run, args.quality_data,
+                                          list(filter(None, args.precisions.split(","))),
+                                          tmp)}
+        ceiling.write_result(args.name, result)
+        return
     if args.formats:
         formats_main(args, log)
         return
