@@ -1,18 +1,23 @@
 """Benchmark: this machine's float32 ceiling in TensorFlow (large conv2d and matmul, GFLOP/s).
 
     .venv/bin/python bench/ceiling.py [--repeats=10] [--no-layer_shapes] [--wait_for_load=0]
+        [--device=cpu|gpu] [--dtypes=float32,bfloat16,float16]
 
 The ceiling is what TensorFlow reaches on a large, well-shaped problem right now:
   conv2d  [8, 128, 128, 128] * [3, 3, 128, 128], NHWC, SAME   38.7 GFLOP per call
   matmul  [4096, 4096] @ [4096, 4096]                         137.4 GFLOP per call
-timed as tf.functions after one warm-up call, median (and best) over ``--repeats`` calls.
+timed as tf.functions after one warm-up call, median (and best) over ``--repeats`` calls,
+on ``--device`` (cpu: /CPU:0; gpu: /GPU:0, each call synchronised, see `synchronise`);
+``--dtypes`` adds the conv2d in reduced precision (the ceiling of a mixed-precision step:
+bfloat16 on AVX512_BF16/AMX CPUs, float16 on GPU tensor cores).
 With ``--layer_shapes`` it also times forward, backprop-input and backprop-filter of typical
 GRD-Net conv shapes (3x3, batch 8), which shows how far small-channel layers fall below
 the ceiling. The other benchmarks import `measure_ceiling` and run it in the same process,
 so every achieved GFLOP/s is compared with a ceiling measured under the same load.
 
-Also the machine helpers every benchmark uses: load average, waiting for a quiet machine,
-peak RSS, writing ``bench/results/<name>.json``. Prints the JSON result as the last line.
+Also the machine helpers every benchmark uses: the device to run on, load average, waiting
+for a quiet machine, peak RSS / GPU memory, writing ``bench/results/<name>.json``. Prints the
+JSON result as the last line.
 """
 import argparse
 import json
@@ -28,6 +33,92 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 FMA_FLOPS_PER_CYCLE = 32   # fp32 per core: 2 x 256-bit FMA pipes (AMD Zen 4; AVX-512 is
                            # executed as 2 x 256 bit) x 8 lanes x 2 FLOPs
+
+
+# ----------------------------------------------------------------------------- device
+
+DEVICES = {"cpu": "/CPU:0", "gpu": "/GPU:0"}
+_SYNCHRONISE = False  # set by resolve_device("gpu"): timed calls wait for the GPU
+
+
+def resolve_device(device):
+    """The TensorFlow device name of a ``--device`` value ("cpu" -> "/CPU:0", "gpu" ->
+    "/GPU:0"); raises ValueError with the message a binary prints when it cannot be used.
+
+    Call it before any TensorFlow op: with gpu it turns on memory growth on every GPU
+    (otherwise TensorFlow reserves nearly all GPU memory at the first op, and the peak
+    memory reported would be the reservation, not the use).
+    """
+    if device not in DEVICES:
+        raise ValueError(f"--device={device}: must be one of {', '.join(DEVICES)}")
+    if device == "gpu":
+        gpus = tf.config.list_physical_devices("GPU")
+        if not gpus:
+            raise ValueError(
+                "--device=gpu: no GPU visible to TensorFlow "
+                "(tf.config.list_physical_devices('GPU') is empty; needs a CUDA build of "
+                "TensorFlow, e.g. pip install tensorflow[and-cuda], an NVIDIA driver, and "
+                "CUDA_VISIBLE_DEVICES not hiding the GPU)")
+        for gpu in gpus:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        global _SYNCHRONISE
+        _SYNCHRONISE = True
+    return DEVICES[device]
+
+
+def device_or_exit(device):
+    """`resolve_device` for a benchmark's main: on error one ``error: ...`` line, exit 2."""
+    try:
+        return resolve_device(device)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def is_gpu(device):
+    return "GPU" in device.upper()
+
+
+def device_info(device):
+    """{"device": name} and, on a GPU, its device_name and compute_capability."""
+    info = {"device": device}
+    if is_gpu(device):
+        details = tf.config.experimental.get_device_details(
+            tf.config.list_physical_devices("GPU")[0])
+        capability = details.get("compute_capability")
+        info.update(device_name=details.get("device_name", ""),
+                    compute_capability=".".join(map(str, capability)) if capability else "")
+    return info
+
+
+def reset_peak_memory(device):
+    """Resets the peak-memory counter of `device`: peak RSS on CPU, the allocator's peak on
+    a GPU."""
+    if is_gpu(device):
+        tf.config.experimental.reset_memory_stats(device.lstrip("/"))
+    else:
+        reset_peak_rss()
+
+
+def peak_memory(device, suffix):
+    """{"peak_rss_mb_<suffix>": ...} and on a GPU also {"gpu_peak_memory_mb_<suffix>": ...}
+    (the GPU allocator's peak since the last `reset_peak_memory`; RSS is then the host)."""
+    out = {f"peak_rss_mb_{suffix}": peak_rss_mb()}
+    if is_gpu(device):
+        peak = tf.config.experimental.get_memory_info(device.lstrip("/"))["peak"]
+        out[f"gpu_peak_memory_mb_{suffix}"] = round(peak / 2 ** 20, 1)
+    return out
+
+
+def cpu_only(result, device, **fields):
+    """Adds CPU-only fields (process CPU seconds, thread pools) to `result` on a CPU; on a GPU
+    lists their names under "not_applicable_on_gpu" instead: the process's CPU time there is
+    the host thread launching kernels, not the computation."""
+    if is_gpu(device):
+        result.setdefault("not_applicable_on_gpu", []).extend(fields)
+    else:
+        result.update(fields)
+    return result
 
 
 # ----------------------------------------------------------------------------- machine state
@@ -125,14 +216,31 @@ class Timing:
         return statistics.median(self.cpu)
 
 
+def synchronise(outputs):
+    """Blocks until the call that returned `outputs` has run, after `resolve_device("gpu")`.
+
+    GPU kernels run asynchronously: a tf.function returns once its kernels are queued, so
+    a GPU timing without this measures the launch. Fetches the scalar outputs (the step's
+    losses, as a training loop logs them), then waits for every device
+    (tf.test.experimental.sync_devices: the step's variable updates are not outputs). On
+    CPU an eager call returns when it has run; nothing is done.
+    """
+    if not _SYNCHRONISE:
+        return
+    for tensor in tf.nest.flatten(outputs):
+        if isinstance(tensor, tf.Tensor) and tensor.shape.rank == 0:
+            tensor.numpy()
+    tf.test.experimental.sync_devices()
+
+
 def timed_calls(fn, repeats, warmup=1):
     """Times `repeats` synchronous calls of `fn` after `warmup` calls; returns a Timing."""
     for _ in range(warmup):
-        fn()
+        synchronise(fn())
     timing = Timing()
     for _ in range(repeats):
         cpu, wall = time.process_time(), time.perf_counter()
-        fn()
+        synchronise(fn())
         timing.wall.append(time.perf_counter() - wall)
         timing.cpu.append(time.process_time() - cpu)
     return timing
@@ -152,12 +260,16 @@ def alternating_calls(fns, rounds):
 
 # ----------------------------------------------------------------------------- the ceiling
 
-def _conv_case(batch, size, c_in, c_out, kernel=3, stride=1, seed=0):
+CONV_SHAPE = (8, 128, 128, 128)  # batch, size, c_in, c_out of the ceiling's 3x3 conv2d
+MATMUL_N = 4096
+
+
+def _conv_case(batch, size, c_in, c_out, kernel=3, stride=1, seed=0, dtype="float32"):
     gen = tf.random.Generator.from_seed(seed)
-    x = gen.normal((batch, size, size, c_in))
-    w = gen.normal((kernel, kernel, c_in, c_out)) * 0.05
+    x = tf.cast(gen.normal((batch, size, size, c_in)), dtype)
+    w = tf.cast(gen.normal((kernel, kernel, c_in, c_out)) * 0.05, dtype)
     out_size = size // stride
-    dy = gen.normal((batch, out_size, out_size, c_out))
+    dy = tf.cast(gen.normal((batch, out_size, out_size, c_out)), dtype)
     flops = 2 * batch * out_size * out_size * kernel * kernel * c_in * c_out
     strides = [1, stride, stride, 1]
     forward = tf.function(lambda: tf.nn.conv2d(x, w, strides, "SAME"))
@@ -171,30 +283,48 @@ def _conv_case(batch, size, c_in, c_out, kernel=3, stride=1, seed=0):
                    "backprop_filter": backprop_filter}
 
 
-def _rate(flops, timing):
-    return {"gflops_median": round(flops / timing.median_wall / 1e9, 1),
+def _rate(flops, timing, device="/CPU:0"):
+    rate = {"gflops_median": round(flops / timing.median_wall / 1e9, 1),
+            "tflops_median": float(f"{flops / timing.median_wall / 1e12:.4g}"),
             "gflops_best": round(flops / min(timing.wall) / 1e9, 1),
-            "gflop_per_cpu_second": round(flops / timing.median_cpu / 1e9, 1),
             "ms_median": round(1e3 * timing.median_wall, 2)}
+    return cpu_only(rate, device,
+                    gflop_per_cpu_second=round(flops / timing.median_cpu / 1e9, 1))
 
 
-def measure_ceiling(repeats=10):
-    """Large float32 conv2d and matmul in TensorFlow: {"conv2d": {...}, "matmul": {...}}.
+def measure_conv_ceiling(repeats=10, device="/CPU:0", dtype="float32", shape=CONV_SHAPE):
+    """The 3x3 SAME conv2d of `shape` (batch, size, c_in, c_out) in `dtype` on `device`;
+    its "gflops_median" / "tflops_median" is the ceiling a step's rate is divided by."""
+    with tf.device(device):
+        flops, fns = _conv_case(*shape, dtype=dtype)
+        timing = timed_calls(fns["forward"], repeats)
+    batch, size, c_in, c_out = shape
+    return {"shape": f"[{batch},{size},{size},{c_in}] * [3,3,{c_in},{c_out}]",
+            "dtype": dtype, "gflop": float(f"{flops / 1e9:.4g}"),
+            **_rate(flops, timing, device)}
 
-    "gflops_median" of conv2d is the ceiling the other benchmarks divide by.
+
+def measure_ceiling(repeats=10, device="/CPU:0", reduced_dtypes=(), conv_shape=CONV_SHAPE,
+                    matmul_n=MATMUL_N):
+    """Large float32 conv2d and matmul on `device`: {"conv2d": {...}, "matmul": {...}}, and
+    {"conv2d_<dtype>": {...}} for each of `reduced_dtypes` ("bfloat16", "float16").
+
+    "gflops_median" of conv2d is the ceiling the other benchmarks divide by (of
+    conv2d_<dtype> for a step computing in that dtype).
     """
-    flops, fns = _conv_case(8, 128, 128, 128)
-    conv = {"shape": "[8,128,128,128] * [3,3,128,128]", "gflop": round(flops / 1e9, 2),
-            **_rate(flops, timed_calls(fns["forward"], repeats))}
-    n = 4096
-    gen = tf.random.Generator.from_seed(1)
-    a, b = gen.normal((n, n)), gen.normal((n, n))
-    matmul_fn = tf.function(lambda: tf.linalg.matmul(a, b))
-    mm_flops = 2 * n ** 3
-    matmul = {"shape": f"[{n},{n}] @ [{n},{n}]", "gflop": round(mm_flops / 1e9, 2),
-              **_rate(mm_flops, timed_calls(matmul_fn,
-                                            max(3, repeats // 2)))}
-    return {"conv2d": conv, "matmul": matmul, "load_average": load_average()}
+    out = {"conv2d": measure_conv_ceiling(repeats, device, shape=conv_shape)}
+    with tf.device(device):
+        gen = tf.random.Generator.from_seed(1)
+        a, b = gen.normal((matmul_n, matmul_n)), gen.normal((matmul_n, matmul_n))
+        matmul_fn = tf.function(lambda: tf.linalg.matmul(a, b))
+        mm_timing = timed_calls(matmul_fn, max(3, repeats // 2))
+    mm_flops = 2 * matmul_n ** 3
+    out["matmul"] = {"shape": f"[{matmul_n},{matmul_n}] @ [{matmul_n},{matmul_n}]",
+                     "gflop": float(f"{mm_flops / 1e9:.4g}"),
+                     **_rate(mm_flops, mm_timing, device)}
+    for dtype in reduced_dtypes:
+        out[f"conv2d_{dtype}"] = measure_conv_ceiling(repeats, device, dtype, conv_shape)
+    return {**out, "load_average": load_average()}
 
 
 # Representative 3x3 convolutions of the paper-size networks (batch 8): (name, size, c_in,
@@ -209,14 +339,15 @@ LAYER_SHAPES = (
 )
 
 
-def measure_layer_shapes(repeats=5):
+def measure_layer_shapes(repeats=5, device="/CPU:0"):
     rows = []
     for name, size, c_in, c_out, stride in LAYER_SHAPES:
-        flops, fns = _conv_case(8, size, c_in, c_out, stride=stride)
-        row = {"layer": name, "gflop": round(flops / 1e9, 3)}
-        for kind, fn in fns.items():
-            row[kind + "_gflops"] = _rate(flops, timed_calls(fn,
-                                                             repeats))["gflops_median"]
+        with tf.device(device):
+            flops, fns = _conv_case(8, size, c_in, c_out, stride=stride)
+            row = {"layer": name, "gflop": round(flops / 1e9, 3)}
+            for kind, fn in fns.items():
+                row[kind + "_gflops"] = _rate(flops, timed_calls(fn, repeats),
+                                              device)["gflops_median"]
         rows.append(row)
     return rows
 
@@ -225,17 +356,29 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--layer_shapes", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--device", default="cpu", help="cpu (/CPU:0) or gpu (/GPU:0)")
+    parser.add_argument("--dtypes", default="float32",
+                        help="comma-separated conv2d dtypes: float32 (always) and any of "
+                             "bfloat16, float16")
     parser.add_argument("--wait_for_load", type=float, default=0,
                         help="seconds to wait at most for a load average below 1.5")
     args = parser.parse_args()
+    device = device_or_exit(args.device)
+    reduced = [d for d in args.dtypes.split(",") if d and d != "float32"]
+    for dtype in reduced:
+        if dtype not in ("bfloat16", "float16"):
+            print(f"error: --dtypes: {dtype} is not one of float32, bfloat16, float16",
+                  file=sys.stderr, flush=True)
+            sys.exit(2)
     waited = wait_for_load(args.wait_for_load, log=lambda m: print(m, file=sys.stderr))
-    result = {"benchmark": "ceiling", **cpu_info(), "load_average_start": load_average(),
+    result = {"benchmark": "ceiling", **cpu_info(), **device_info(device),
+              "load_average_start": load_average(),
               "waited_for_load": waited, "tf_version": tf.__version__,
-              "ceiling": measure_ceiling(args.repeats)}
+              "ceiling": measure_ceiling(args.repeats, device, reduced)}
     if args.layer_shapes:
-        result["layer_shapes"] = measure_layer_shapes()
+        result["layer_shapes"] = measure_layer_shapes(device=device)
     result["load_average_end"] = load_average()
-    write_result("ceiling", result)
+    write_result("ceiling" if device == DEVICES["cpu"] else "ceiling_gpu", result)
 
 
 if __name__ == "__main__":

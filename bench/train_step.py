@@ -3,7 +3,7 @@ segmentator updates), its FLOP rate against the machine's ceiling, and where the
 
     .venv/bin/python bench/train_step.py [--configs=paper,cpu_small] [--batch_size=8]
         [--warmup=3] [--steps=10] [--no-split] [--no-profile] [--no-before_after]
-        [--no-xla] [--wait_for_load=0] [--set=model.attention=se ...]
+        [--no-xla] [--wait_for_load=0] [--set=model.attention=se ...] [--device=cpu|gpu]
 
 Per config (configs/paper.py: 256x256; configs/cpu_small.py: 128x128), batch 8, float32,
 random data already in memory (the input pipeline is benchmarked in bench/pipeline.py),
@@ -30,7 +30,18 @@ each config in its own process:
             from the same weights: loss differences, and float32 / reduced steps
             interleaved (same load) for speed.
   xla       the same step with jit_compile=True: compile time and median step time.
-  memory    peak RSS after the timed steps (model + step) and for the whole run.
+  memory    peak RSS after the timed steps (model + step) and for the whole run (with
+            --device=gpu also the GPU allocator's peak).
+
+``--device=gpu`` places model, data and every step on /GPU:0 (memory growth on), measures
+the ceilings there, synchronises every timed step with the GPU (bench/ceiling.py
+`synchronise`) and reports the same images/s, GFLOP/s and TFLOP/s and ratios, plus the GPU's
+name and compute capability. CPU-only fields (process CPU seconds, thread pools) are listed
+under "not_applicable_on_gpu" instead, and the profile keeps the trace without the host-op
+breakdown (on a GPU the host's op events time kernel launches). The ceiling of each reduced
+precision (``--precisions``, and ``train.precision`` when it is not float32, which is then
+timed as a precision row too) is the conv2d in its compute dtype (bfloat16 / float16),
+measured on the same device, before and after as well.
 
 The JSON result is the last line of stdout and bench/results/train_step.json (one
 bench/results/train_step_<config>.json per config as well).
@@ -78,6 +89,8 @@ def parse_args():
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. --set=model.attention=se (repeatable)")
     parser.add_argument("--name", default="train_step", help="bench/results/<name>.json")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (/CPU:0) or gpu (/GPU:0: model, data and step on the GPU)")
     return parser.parse_args()
 
 
@@ -162,7 +175,7 @@ def _losses_and_gradients(model, batch):
     return scalars, grads
 
 
-def before_after(config, model, batch, step, rounds, log):
+def before_after(config, model, batch, step, rounds, log, device):
     """The same step with Keras batch norm: numerics from identical weights, then speed.
 
     Numerics: every loss and each network's gradient (relative L2 difference) from the
@@ -202,22 +215,24 @@ def before_after(config, model, batch, step, rounds, log):
     log("before/after: tracing the step with Keras batch norm")
     old_timing, new_timing = _interleaved([tf.function(old.train_step), step], batch, rounds)
     batch_size = int(batch[next(iter(batch))].shape[0])
-    return {
+    return ceiling.cpu_only({
         "old": OLD_BATCHNORM, "rounds": rounds,
         "old_images_per_second": round(batch_size / old_timing.median_wall, 3),
         "new_images_per_second": round(batch_size / new_timing.median_wall, 3),
         "speedup_wall": round(old_timing.median_wall / new_timing.median_wall, 3),
-        "old_cpu_seconds_per_step": round(old_timing.median_cpu, 3),
-        "new_cpu_seconds_per_step": round(new_timing.median_cpu, 3),
-        "speedup_cpu": round(old_timing.median_cpu / new_timing.median_cpu, 3),
         "numerics": {k: float(f"{v:.3g}") for k, v in numerics.items()},
         "load_average": ceiling.load_average(),
-    }
+    }, device, old_cpu_seconds_per_step=round(old_timing.median_cpu, 3),
+        new_cpu_seconds_per_step=round(new_timing.median_cpu, 3),
+        speedup_cpu=round(old_timing.median_cpu / new_timing.median_cpu, 3))
 
 
-def precision_row(config, model, batch, step, precision, rounds, log):
+def precision_row(config, model, batch, step, precision, rounds, log, device, step_gflop,
+                  ceilings):
     """The step under the dtype policy `precision` against the float32 `step`: loss
-    differences from identical weights, then both steps alternating (same load)."""
+    differences from identical weights, then both steps alternating (same load); its FLOP
+    rate against the conv ceiling in its compute dtype (`ceilings`: the run's before and
+    after `ceiling.measure_ceiling` results)."""
     set_precision(precision)
     try:
         reduced = build_grdnet(config, compile=True, precision=precision)
@@ -233,23 +248,51 @@ def precision_row(config, model, batch, step, precision, rounds, log):
     batch_size = int(batch[next(iter(batch))].shape[0])
     loss_difference = max(abs(float(reduced_losses[k]) - float(losses[k]))
                           / max(abs(float(losses[k])), 1e-12) for k in losses)
-    return {
-        "precision": precision, "rounds": rounds,
+    images_per_second = batch_size / reduced_timing.median_wall
+    dtype = compute_dtype(precision)
+    return ceiling.cpu_only({
+        "precision": precision, "compute_dtype": dtype, "rounds": rounds,
         "float32_images_per_second": round(batch_size / float32_timing.median_wall, 3),
-        "images_per_second": round(batch_size / reduced_timing.median_wall, 3),
+        "images_per_second": round(images_per_second, 3),
         "speedup_wall": round(float32_timing.median_wall / reduced_timing.median_wall, 3),
-        "speedup_cpu": round(float32_timing.median_cpu / reduced_timing.median_cpu, 3),
+        **rates(step_gflop * images_per_second, ceilings, f"conv2d_{dtype}"),
         "max_relative_loss_difference": float(f"{loss_difference:.3g}"),
         "load_average": ceiling.load_average(),
-    }
+    }, device, speedup_cpu=round(float32_timing.median_cpu / reduced_timing.median_cpu, 3))
+
+
+def compute_dtype(precision):
+    """"mixed_float16" -> "float16": the dtype the layers compute in under `precision`."""
+    return tf.keras.mixed_precision.Policy(precision).compute_dtype
+
+
+def precisions(args, config):
+    """The precision rows: --precisions, and train.precision when it is not float32 (the
+    step itself stays float32, the baseline every row is compared with)."""
+    names = [p for p in args.precisions.split(",") if p]
+    if config.train.precision != "float32" and config.train.precision not in names:
+        names.append(config.train.precision)
+    return names
+
+
+def rates(achieved_gflops, ceilings, key="conv2d"):
+    """Achieved GFLOP/s and TFLOP/s, the same-run ceiling `key` ("conv2d" or
+    "conv2d_<dtype>": mean of its before/after medians) and the ratio to it."""
+    ceiling_gflops = statistics.mean(c[key]["gflops_median"] for c in ceilings)
+    return {"achieved_gflops": round(achieved_gflops, 1),
+            "achieved_tflops": float(f"{achieved_gflops / 1e3:.4g}"),
+            "ceiling_conv2d_gflops": round(ceiling_gflops, 1),
+            "ceiling_conv2d_tflops": float(f"{ceiling_gflops / 1e3:.4g}"),
+            "ceiling_dtype": ceilings[0][key]["dtype"],
+            "ratio_to_conv_ceiling": round(achieved_gflops / ceiling_gflops, 3)}
 
 
 def _interleaved(steps, batch, rounds):
     """Each step called twice (tracing, warm-up), then all of them alternately `rounds`
     times, so that they see the same load; one timing per step."""
     for fn in steps:
-        fn(batch)
-        fn(batch)
+        for _ in range(2):
+            ceiling.synchronise(fn(batch))
     return ceiling.alternating_calls([lambda fn=fn: fn(batch) for fn in steps], rounds)
 
 
@@ -415,16 +458,24 @@ def _conv_rates(conv_ms, flops_by_node, top):
     }
 
 
-def profile_steps(fn, batch, name, steps=2, graph=None):
+def profile_steps(fn, batch, name, steps=2, graph=None, device="/CPU:0"):
+    """TF profiler trace of `steps` steps; on CPU with the op breakdown of `parse_trace`.
+    On a GPU the host's op events time kernel launches, not kernels: the trace is kept
+    (TensorBoard's profile plugin shows the GPU kernels) and the breakdown is left out."""
     logdir = os.path.join(ceiling.RESULTS_DIR, f"profile_{name}")
     shutil.rmtree(logdir, ignore_errors=True)
     tf.profiler.experimental.start(logdir)
     for _ in range(steps):
-        fn(batch)
+        ceiling.synchronise(fn(batch))
     tf.profiler.experimental.stop()
-    return {"logdir": os.path.relpath(logdir, os.path.dirname(BENCH_DIR)),
-            **parse_trace(logdir, steps,
-                          flops_by_node=node_flops(graph) if graph is not None else None)}
+    out = {"logdir": os.path.relpath(logdir, os.path.dirname(BENCH_DIR))}
+    if ceiling.is_gpu(device):
+        out["not_applicable_on_gpu"] = ["op breakdown (host op events time kernel launches; "
+                                        "open the trace in TensorBoard)"]
+        return out
+    return {**out, **parse_trace(logdir, steps,
+                                 flops_by_node=node_flops(graph) if graph is not None
+                                 else None)}
 
 
 # ----------------------------------------------------------------------------- one config
@@ -452,8 +503,14 @@ def retrace_count(fn):
     return fn.experimental_get_tracing_count()
 
 
-def run_config(name, args, log):
-    ceiling.reset_peak_rss()
+def run_config(name, args, log, device="/CPU:0"):
+    """Every measurement of one config, with model, data and steps on `device`."""
+    with tf.device(device):
+        return _run_config(name, args, log, device)
+
+
+def _run_config(name, args, log, device):
+    ceiling.reset_peak_memory(device)
     config = flops.load_config(name, args.set)
     batch_size = args.batch_size
     tf.keras.utils.set_random_seed(0)
@@ -462,6 +519,8 @@ def run_config(name, args, log):
     result = {"config": name, "overrides": list(args.set),
               "image_size": list(config.data.image_size),
               "batch_size": batch_size, "load_average_start": ceiling.load_average()}
+    row_precisions = precisions(args, config)
+    reduced_dtypes = sorted({compute_dtype(p) for p in row_precisions} - {"float32"})
 
     log(f"[{name}] FLOP count")
     counted = flops.model_flops(model, config, batch_size)
@@ -469,39 +528,40 @@ def run_config(name, args, log):
     result["flops_per_image"] = counted
 
     log(f"[{name}] ceiling (before)")
-    ceil_before = ceiling.measure_ceiling(args.ceiling_repeats)
+    ceil_before = ceiling.measure_ceiling(args.ceiling_repeats, device, reduced_dtypes)
 
     step = tf.function(model.train_step)
     log(f"[{name}] train step: {args.warmup} warm-up + {args.steps} timed")
     start = time.perf_counter()
-    step(batch)
+    ceiling.synchronise(step(batch))
     first_step = time.perf_counter() - start
     timing = time_steps(step, batch, args.warmup - 1, args.steps)
-    result["peak_rss_mb_training"] = ceiling.peak_rss_mb()  # model + step only
+    result.update(ceiling.peak_memory(device, "training"))  # model + step only
     seconds = timing.median_wall
     images_per_second = batch_size / seconds
     result["load_average_step"] = ceiling.load_average()
 
     log(f"[{name}] ceiling (after)")
-    ceil_after = ceiling.measure_ceiling(args.ceiling_repeats)
-    conv_ceiling = statistics.mean([ceil_before["conv2d"]["gflops_median"],
-                                    ceil_after["conv2d"]["gflops_median"]])
+    ceil_after = ceiling.measure_ceiling(args.ceiling_repeats, device, reduced_dtypes)
+    ceilings = (ceil_before, ceil_after)
     achieved = step_gflop * images_per_second
     result.update({
         "images_per_second": round(images_per_second, 3),
         "seconds_per_step_median": round(seconds, 3),
         "seconds_per_step": [round(s, 3) for s in timing.wall],
-        "cpu_seconds_per_step_median": round(timing.median_cpu, 3),
         "first_step_seconds": round(first_step, 1),
         "step_gflop_per_image": step_gflop,
-        "achieved_gflops": round(achieved, 1),
-        "ceiling_conv2d_gflops": round(conv_ceiling, 1),
-        "ratio_to_conv_ceiling": round(achieved / conv_ceiling, 3),
-        "gflop_per_cpu_second": round(step_gflop * batch_size / timing.median_cpu, 1),
-        "cpu_ratio_to_conv_ceiling": round(
-            step_gflop * batch_size / timing.median_cpu / statistics.mean(
-                [ceil_before["conv2d"]["gflop_per_cpu_second"],
-                 ceil_after["conv2d"]["gflop_per_cpu_second"]]), 3),
+        **rates(achieved, ceilings),
+    })
+    cpu_rate = step_gflop * batch_size / timing.median_cpu
+    ceiling_cpu_rate = None if ceiling.is_gpu(device) else statistics.mean(
+        c["conv2d"]["gflop_per_cpu_second"] for c in ceilings)
+    ceiling.cpu_only(result, device,
+                     cpu_seconds_per_step_median=round(timing.median_cpu, 3),
+                     gflop_per_cpu_second=round(cpu_rate, 1),
+                     cpu_ratio_to_conv_ceiling=ceiling_cpu_rate and round(
+                         cpu_rate / ceiling_cpu_rate, 3))
+    result.update({
         "ceiling_before": ceil_before, "ceiling_after": ceil_after,
         "tracing_count_after_steps": retrace_count(step),
         "graph_checks": graph_checks(step.get_concrete_function(batch)),
@@ -510,12 +570,13 @@ def run_config(name, args, log):
     if args.profile:
         log(f"[{name}] profile (2 steps)")
         result["profile"] = profile_steps(step, batch, _slug(name),
-                                          graph=step.get_concrete_function(batch).graph)
+                                          graph=step.get_concrete_function(batch).graph,
+                                          device=device)
         by_type = counted["train_step"]["by_op_type_gflop"]
         conv_gflop = {"conv forward": by_type.get("Conv2D", 0) + by_type.get("MatMul", 0),
                       "conv backprop input": by_type.get("Conv2DBackpropInput", 0),
                       "conv backprop filter": by_type.get("Conv2DBackpropFilter", 0)}
-        for row in result["profile"]["by_category"]:
+        for row in result["profile"].get("by_category", []):
             if row["category"] in conv_gflop and row["ms"]:
                 # GFLOP per second of op time (ops may overlap: a lower bound of the rate).
                 row["gflops"] = round(conv_gflop[row["category"]] * batch_size
@@ -524,12 +585,14 @@ def run_config(name, args, log):
     if args.before_after:
         log(f"[{name}] before/after: Keras batch norm")
         result["before_after"] = {"batchnorm": before_after(config, model, batch, step,
-                                                            args.before_after_rounds, log)}
+                                                            args.before_after_rounds, log,
+                                                            device)}
 
-    for precision in filter(None, args.precisions.split(",")):
+    for precision in row_precisions:
         log(f"[{name}] precision {precision} against float32")
         result.setdefault("precision", []).append(
-            precision_row(config, model, batch, step, precision, args.precision_rounds, log))
+            precision_row(config, model, batch, step, precision, args.precision_rounds, log,
+                          device, step_gflop, ceilings))
 
     if args.split:
         log(f"[{name}] split: step without each update")
@@ -542,12 +605,15 @@ def run_config(name, args, log):
             variant_timing = time_steps(variant, batch, 1, args.split_steps)
             marginal[part] = max(seconds - variant_timing.median_wall, 0.0)
             marginal_cpu[part] = max(timing.median_cpu - variant_timing.median_cpu, 0.0)
+        splits = {}
         for key, total, parts in (("split_seconds", seconds, marginal),
                                   ("split_cpu_seconds", timing.median_cpu, marginal_cpu)):
-            result[key] = {"shared_forward": round(max(total - sum(parts.values()), 0.0), 3),
+            splits[key] = {"shared_forward": round(max(total - sum(parts.values()), 0.0), 3),
                            **{f"{k}_update": round(v, 3) for k, v in parts.items()}}
-        result["split_share_cpu"] = {k: round(v / timing.median_cpu, 3)
-                                     for k, v in result["split_cpu_seconds"].items()}
+        result["split_seconds"] = splits["split_seconds"]
+        ceiling.cpu_only(result, device, split_cpu_seconds=splits["split_cpu_seconds"],
+                         split_share_cpu={k: round(v / timing.median_cpu, 3)
+                                          for k, v in splits["split_cpu_seconds"].items()})
         result["split_gflop_per_image"] = {
             "shared_forward": round(step_gflop - sum(marginal_gflop.values()), 3),
             **{f"{k}_update": round(v, 3) for k, v in marginal_gflop.items()}}
@@ -556,21 +622,26 @@ def run_config(name, args, log):
         log(f"[{name}] XLA step")
         xla_step = tf.function(model.train_step, jit_compile=True)
         start = time.perf_counter()
-        xla_step(batch)
+        ceiling.synchronise(xla_step(batch))
         compile_seconds = time.perf_counter() - start
         xla_timing = time_steps(xla_step, batch, 1, args.xla_steps)
         xla_seconds = xla_timing.median_wall
-        result["xla"] = {"compile_seconds": round(compile_seconds, 1),
-                         "seconds_per_step_median": round(xla_seconds, 3),
-                         "cpu_seconds_per_step_median": round(xla_timing.median_cpu, 3),
-                         "images_per_second": round(batch_size / xla_seconds, 3),
-                         "achieved_gflops": round(step_gflop * batch_size / xla_seconds, 1),
-                         "speedup_vs_no_xla": round(seconds / xla_seconds, 3)}
+        result["xla"] = ceiling.cpu_only(
+            {"compile_seconds": round(compile_seconds, 1),
+             "seconds_per_step_median": round(xla_seconds, 3),
+             "images_per_second": round(batch_size / xla_seconds, 3),
+             "achieved_gflops": round(step_gflop * batch_size / xla_seconds, 1),
+             "achieved_tflops": float(f"{step_gflop * batch_size / xla_seconds / 1e3:.4g}"),
+             "speedup_vs_no_xla": round(seconds / xla_seconds, 3)},
+            device, cpu_seconds_per_step_median=round(xla_timing.median_cpu, 3))
 
-    result["peak_rss_mb_whole_run"] = ceiling.peak_rss_mb()  # + old layers, XLA
+    result.update(ceiling.peak_memory(device, "whole_run"))  # + old layers, XLA
     result["load_average_end"] = ceiling.load_average()
-    log(f"[{name}] {images_per_second:.3f} img/s, {achieved:.1f} GFLOP/s = "
-        f"{achieved / conv_ceiling:.0%} of the conv ceiling {conv_ceiling:.1f}")
+    rate = (f"{result['achieved_tflops']:.3g} TFLOP/s" if ceiling.is_gpu(device)
+            else f"{achieved:.1f} GFLOP/s")
+    log(f"[{name}] {images_per_second:.3f} img/s, {rate} = "
+        f"{result['ratio_to_conv_ceiling']:.0%} of the conv ceiling "
+        f"{result['ceiling_conv2d_gflops']:.1f} GFLOP/s")
     return result
 
 
@@ -580,6 +651,7 @@ def _slug(config_name):
 
 
 def main(args):
+    device = ceiling.device_or_exit(args.device)  # before any op (GPU memory growth)
     if args.inter_op:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
     if args.intra_op:
@@ -590,13 +662,16 @@ def main(args):
               file=sys.stderr, flush=True)
 
     configs = args.configs.split(",")
-    result = {"benchmark": "train_step", **ceiling.cpu_info(), "tf_version": tf.__version__,
-              "threads": {"inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
-                          "intra_op": tf.config.threading.get_intra_op_parallelism_threads()},
-              "load_average": ceiling.load_average(), "results": []}
+    result = {"benchmark": "train_step", **ceiling.cpu_info(), **ceiling.device_info(device),
+              "tf_version": tf.__version__}
+    ceiling.cpu_only(
+        result, device,
+        threads={"inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+                 "intra_op": tf.config.threading.get_intra_op_parallelism_threads()})
+    result.update(load_average=ceiling.load_average(), results=[])
     if len(configs) == 1:
         result["waited_for_load"] = ceiling.wait_for_load(args.wait_for_load, log=log)
-        result["results"].append(run_config(configs[0], args, log))
+        result["results"].append(run_config(configs[0], args, log, device))
     else:
         # One process per config: peak RSS and allocator state of one config do not leak into
         # the next. Each child waits for a quiet machine itself.
