@@ -218,6 +218,7 @@ def resolve_maps(config, calibration=None):
         name = config.scoring.get(key, SEGMENTATOR)
         if name == "auto":
             name = calibration.get(key) or SEGMENTATOR
+            choices.check(f"calibration.json {key}", name, choices.MAP_SOURCES)
         names.append(name)
     scale = 1.0
     if any(name != SEGMENTATOR for name in names) and calibration.get("residual_scale"):

@@ -125,6 +125,8 @@ def test_params_from_run_resolve_config_then_calibration_then_segmentator():
     explicit = config_lib.with_overrides(config, {"scoring.image_map": "residual"})
     assert scoring.resolve_maps(explicit, chosen) == ("segmentator", "residual", 0.2)
     assert scoring.resolve_maps(explicit, old) == ("segmentator", "residual", 1.0)
+    with pytest.raises(ValueError, match="calibration.json image_map='product'"):
+        scoring.resolve_maps(auto, {"image_map": "product"})
     with pytest.raises(ValueError, match="scoring.pixel_map"):
         config_lib.with_overrides(config, {"scoring.pixel_map": "product"})
 
