@@ -22,6 +22,16 @@ against its mask inside the ROI), unless ``scoring.pixel_threshold`` gives one. 
 the normalised score (`scoring.Decision`) is the min and max image score over the set and
 the clean normals. Everything chosen is written to ``calibration.json`` and used by
 evaluation, prediction and every export.
+
+Map sources (``scoring.pixel_map`` / ``scoring.image_map``, `scoring.source_map`): the set
+keeps each item's reconstruction residual R next to its segmentator map (one model call),
+and residual_scale = the 0.999 quantile of R over the clean normals' pixels. With
+image_map "auto" the (source, window) pair with the best image AUROC is chosen jointly
+(ties: the segmentator, then the window rule above); with pixel_map "auto" the source
+with the best pixel AUROC of the smoothed maps at that window (ties: the segmentator).
+The thresholds and the span then use the chosen maps. In patch mode all of this is done on
+the patch-level set (per-patch residuals, scale from the clean patches); the image
+threshold still comes from whole tiled validation images scored with the chosen maps.
 """
 import dataclasses
 import math
@@ -31,7 +41,7 @@ import tensorflow as tf
 from absl import logging
 from sklearn import metrics as skm
 
-from grdnet_tf import keys, scoring
+from grdnet_tf import choices, keys, scoring
 from grdnet_tf.data import pipeline, preprocess, tiling
 from grdnet_tf.evaluation import metrics as metrics_lib
 
@@ -61,11 +71,40 @@ class CalibrationSet:
         synthetic_maps: float32 [M, H, W] of the synthetic draws kept.
         synthetic_labels: int [M], 1 = anomaly inside the ROI, 0 = outside only.
         synthetic_masks: uint8 [M, H, W] {0, 1}: each draw's anomaly mask inside its ROI.
+        clean_residuals, synthetic_residuals: float32 like the maps, the reconstruction
+            residuals R (`scoring.residual_map`) of the same items; None when not kept.
+        residual_scale: the `scoring.RESIDUAL_QUANTILE` of the clean residuals' pixels.
     """
     clean_maps: np.ndarray
     synthetic_maps: np.ndarray
     synthetic_labels: np.ndarray
     synthetic_masks: np.ndarray = None
+    clean_residuals: np.ndarray = None
+    synthetic_residuals: np.ndarray = None
+    residual_scale: float = 1.0
+
+    @property
+    def residuals(self):
+        """Residuals [N + M, H, W] of `maps`, or None."""
+        if self.clean_residuals is None:
+            return None
+        return np.concatenate([self.clean_residuals, self.synthetic_residuals])
+
+    def sources(self):
+        """The map sources this set can give (`source_maps`)."""
+        if self.clean_residuals is None:
+            return (scoring.SEGMENTATOR,)
+        return choices.MAP_SOURCES
+
+    def clean_source_maps(self, name):
+        """Raw maps [N, H, W] of the source `name` of the clean normals."""
+        return np.asarray(scoring.source_map(name, self.clean_maps, self.clean_residuals,
+                                             self.residual_scale))
+
+    def source_maps(self, name):
+        """Raw maps [N + M, H, W] of the source `name` (`scoring.source_map`)."""
+        return np.asarray(scoring.source_map(name, self.maps, self.residuals,
+                                             self.residual_scale))
 
     @property
     def masks(self):
@@ -83,13 +122,30 @@ class CalibrationSet:
                                self.synthetic_labels])
 
 
+def model_maps(model, images):
+    """(segmentator maps, residuals) [B, H, W] of one batch of model-size float images
+    [B, H, W, C], from one model call."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    out = model(images, training=False)
+    return (out[keys.RAW_ANOMALY_MAP].numpy(),
+            scoring.residual_map(images, out[keys.RECONSTRUCTION]).numpy())
+
+
 def raw_maps(model, images, batch_size=16):
-    """Raw segmentator maps [N, H, W] of model-size float images [N, H, W, C]."""
-    maps = []
-    for start in range(0, len(images), batch_size):
-        out = model(tf.convert_to_tensor(images[start:start + batch_size]), training=False)
-        maps.append(out[keys.RAW_ANOMALY_MAP].numpy())
-    return np.concatenate(maps) if maps else np.zeros((0,), np.float32)
+    """(segmentator maps, residuals) [N, H, W] of model-size float images [N, H, W, C]."""
+    pairs = [model_maps(model, images[start:start + batch_size])
+             for start in range(0, len(images), batch_size)]
+    if not pairs:
+        return np.zeros((0,), np.float32), np.zeros((0,), np.float32)
+    return tuple(np.concatenate(parts) for parts in zip(*pairs))
+
+
+def residual_scale(clean_residuals):
+    """`scoring.RESIDUAL_QUANTILE` of the clean residuals' pixels (1.0 when that is 0)."""
+    if clean_residuals is None or not np.size(clean_residuals):
+        return 1.0
+    scale = float(np.quantile(clean_residuals, scoring.RESIDUAL_QUANTILE))
+    return scale if scale > 0.0 else 1.0
 
 
 def calibration_set(model, config, val_cache, texture_cache=None, repeats=4, batch_size=16):
@@ -98,9 +154,10 @@ def calibration_set(model, config, val_cache, texture_cache=None, repeats=4, bat
                                      repeats=repeats, stream=CALIBRATION_STREAM)
     first_pass = pipeline.validation_dataset(config, val_cache, batch_size, texture_cache,
                                              stream=CALIBRATION_STREAM)
-    clean = np.concatenate([raw_maps(model, batch[keys.IMAGE], batch_size)
-                            for batch in first_pass])
-    maps, labels, masks = [], [], []
+    clean = [model_maps(model, batch[keys.IMAGE]) for batch in first_pass]
+    clean_maps = np.concatenate([c[0] for c in clean])
+    clean_residuals = np.concatenate([c[1] for c in clean])
+    maps, residuals, labels, masks = [], [], [], []
     for batch in ds:
         mask = batch[keys.MASK].numpy()
         target = (mask * batch[keys.ROI].numpy())[..., 0] > 0
@@ -108,18 +165,21 @@ def calibration_set(model, config, val_cache, texture_cache=None, repeats=4, bat
         has_anomaly = mask.reshape(len(mask), -1).max(axis=1) > 0
         if not has_anomaly.any():
             continue
-        out = model(batch[keys.PERTURBED], training=False)[keys.RAW_ANOMALY_MAP].numpy()
-        maps.append(out[has_anomaly])
+        seg, residual = model_maps(model, batch[keys.PERTURBED])
+        maps.append(seg[has_anomaly])
+        residuals.append(residual[has_anomaly])
         labels.append(inside[has_anomaly].astype(np.int64))
         masks.append(target[has_anomaly].astype(np.uint8))
     height, width = config.data.image_size
+    empty = np.zeros((0, height, width), np.float32)
     return CalibrationSet(
-        clean_maps=clean,
-        synthetic_maps=np.concatenate(maps) if maps else np.zeros((0, height, width),
-                                                                  np.float32),
+        clean_maps=clean_maps,
+        synthetic_maps=np.concatenate(maps) if maps else empty,
         synthetic_labels=np.concatenate(labels) if labels else np.zeros((0,), np.int64),
-        synthetic_masks=np.concatenate(masks) if masks else np.zeros((0, height, width),
-                                                                     np.uint8))
+        synthetic_masks=np.concatenate(masks) if masks else empty.astype(np.uint8),
+        clean_residuals=clean_residuals,
+        synthetic_residuals=np.concatenate(residuals) if residuals else empty,
+        residual_scale=residual_scale(clean_residuals))
 
 
 def image_scores(maps, kernel, batch_size=64):
@@ -135,12 +195,16 @@ def image_scores(maps, kernel, batch_size=64):
     return np.concatenate(scores) if scores else np.zeros((0,), np.float32)
 
 
-def normal_maps(model, config, val_cache):
-    """Raw maps of the clean validation images as they are scored at inference: an
-    [N, H, W] array, or in patch mode a list of stitched working-size maps."""
+def normal_maps(model, config, val_cache, params=None):
+    """Raw image maps (`params.image_map`, default the segmentator's) of the clean
+    validation images as they are scored at inference: an [N, H, W] array, or in patch mode
+    a list of stitched working-size maps."""
+    params = params or scoring.ScoringParams.from_run(config)
     if not tiling.patch_mode(config):
-        return raw_maps(model, preprocess.to_unit(val_cache.images))
-    params = scoring.ScoringParams.from_run(config)
+        seg, residual = raw_maps(model, preprocess.to_unit(val_cache.images))
+        return np.asarray(scoring.source_map(params.image_map, seg, residual,
+                                             params.residual_scale))
+    params = dataclasses.replace(params, pixel_map=params.image_map)
     maps = []
     for image, (h, w) in zip(val_cache.images, val_cache.sizes):
         working = preprocess.to_unit(image[:h, :w])
@@ -149,21 +213,53 @@ def normal_maps(model, config, val_cache):
     return maps
 
 
-def select_kernel(cal_set, candidates, reference):
-    """The candidate window with the best image AUROC on `cal_set`.
+def select_kernel(cal_set, candidates, reference, source=scoring.SEGMENTATOR):
+    """The candidate window with the best image AUROC on `cal_set`'s `source` maps.
 
     Returns (kernel, {kernel: auroc or None}). Without both classes every AUROC is None
     and `reference` is returned. Ties go to the candidate closest to `reference`.
     """
+    _, kernel, aurocs = select_image_map(cal_set, (source,), candidates, reference)
+    return kernel, aurocs[source]
+
+
+def select_image_map(cal_set, sources, candidates, reference):
+    """The (source, window) pair with the best image AUROC on `cal_set`.
+
+    Returns (source, kernel, {source: {kernel: auroc or None}}). Without both classes every
+    AUROC is None and (first source, `reference`) is returned. Ties go to the earlier
+    source (`choices.MAP_SOURCES` order: the segmentator first), then to the window
+    closest to `reference`.
+    """
     labels = cal_set.labels
     if labels.min(initial=1) == labels.max(initial=0):
-        return reference, {kernel: None for kernel in candidates}
-    maps = cal_set.maps
-    aurocs = {kernel: float(skm.roc_auc_score(labels, image_scores(maps, kernel)))
-              for kernel in candidates}
+        return sources[0], reference, {s: {k: None for k in candidates} for s in sources}
+    aurocs = {}
+    for source in sources:
+        maps = cal_set.source_maps(source)
+        aurocs[source] = {kernel: float(skm.roc_auc_score(labels, image_scores(maps, kernel)))
+                          for kernel in candidates}
+    best = max(v for row in aurocs.values() for v in row.values())
+    winners = [(i, abs(k - reference), k, s) for i, s in enumerate(sources)
+               for k, v in aurocs[s].items() if v >= best - 1e-12]
+    _, _, kernel, source = min(winners)
+    return source, kernel, aurocs
+
+
+def select_pixel_map(cal_set, sources, kernel):
+    """The source whose smoothed maps have the best pixel AUROC on `cal_set`.
+
+    Returns (source, {source: auroc or None}); without synthetic anomaly pixels every
+    AUROC is None and the first source is returned. Ties go to the earlier source.
+    """
+    if cal_set.synthetic_masks is None or not cal_set.synthetic_masks.any():
+        return sources[0], {s: None for s in sources}
+    masks = list(cal_set.masks)
+    aurocs = {s: metrics_lib.pixel_auroc(masks, list(smoothed_maps(cal_set.source_maps(s),
+                                                                   kernel)))
+              for s in sources}
     best = max(aurocs.values())
-    winners = [k for k, v in aurocs.items() if v >= best - 1e-12]
-    return min(winners, key=lambda k: (abs(k - reference), k)), aurocs
+    return next(s for s in sources if aurocs[s] >= best - 1e-12), aurocs
 
 
 def smoothed_maps(maps, kernel, batch_size=64):
@@ -173,25 +269,27 @@ def smoothed_maps(maps, kernel, batch_size=64):
     return np.concatenate(out) if out else np.zeros(maps.shape, np.float32)
 
 
-def pixel_threshold(cal_set, kernel):
-    """(threshold, F1) of the defect mask: the pixel F1-max of `cal_set`'s smoothed maps
-    against its masks; (`scoring.DEFAULT_PIXEL_THRESHOLD`, None) without synthetic anomalies
-    inside the ROI."""
+def pixel_threshold(cal_set, kernel, source=scoring.SEGMENTATOR):
+    """(threshold, F1) of the defect mask: the pixel F1-max of `cal_set`'s smoothed
+    `source` maps against its masks; (`scoring.DEFAULT_PIXEL_THRESHOLD`, None) without
+    synthetic anomalies inside the ROI."""
     if not cal_set.synthetic_masks.any():
         return scoring.DEFAULT_PIXEL_THRESHOLD, None
-    f1, threshold = metrics_lib.pixel_f1_max(list(cal_set.masks),
-                                             list(smoothed_maps(cal_set.maps, kernel)))
+    f1, threshold = metrics_lib.pixel_f1_max(
+        list(cal_set.masks), list(smoothed_maps(cal_set.source_maps(source), kernel)))
     return float(threshold), f1
 
 
 def calibrate(model, config, val_cache, texture_cache=None, log_fn=None):
-    """Chooses the smoothing window (per `scoring.smoothing_kernel`), the image threshold,
-    the pixel threshold (per `scoring.pixel_threshold`) and the normalised score's span.
+    """Chooses the smoothing window (per `scoring.smoothing_kernel`), the map sources (per
+    `scoring.pixel_map` / `scoring.image_map`), the image threshold, the pixel threshold
+    (per `scoring.pixel_threshold`) and the normalised score's span.
 
     Returns the ``calibration.json`` payload: threshold, quantile, smoothing_kernel and how
-    it was chosen, the candidates' validation AUROCs, the number of normals and synthetic
-    anomalies, the clean normals' scores, pixel_threshold (source, validation F1) and
-    normalization (min, max).
+    it was chosen, the candidates' validation AUROCs, pixel_map / image_map (how chosen, the
+    candidates' validation AUROCs under "auto"), residual_scale, the number of normals and
+    synthetic anomalies, the clean normals' scores, pixel_threshold (source, validation F1)
+    and normalization (min, max).
     """
     if len(val_cache) == 0:
         raise ValueError("cannot calibrate a threshold: the validation split is empty")
@@ -200,8 +298,11 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None):
     explicit = int(config.scoring.smoothing_kernel)
     explicit_pixel = float(config.scoring.pixel_threshold)
     selecting = not explicit and config.scoring.smoothing_auto != "image_size"
-    aurocs, cal_set = {}, None
-    if selecting or not explicit_pixel:
+    wanted = {key: config.scoring.get(key, scoring.SEGMENTATOR)
+              for key in ("pixel_map", "image_map")}
+    with_residual = any(v != scoring.SEGMENTATOR for v in wanted.values())
+    cal_set = None
+    if selecting or not explicit_pixel or with_residual:
         if log_fn:
             repeats = int(config.scoring.calibration_repeats)
             log_fn(f"calibration: scoring {len(val_cache)} validation images and {repeats} "
@@ -213,18 +314,34 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None):
                    + " then the thresholds")
         cal_set = calibration_set(model, config, val_cache, texture_cache,
                                   repeats=int(config.scoring.calibration_repeats))
+    image_sources = (cal_set.sources() if wanted["image_map"] == "auto"
+                     else (wanted["image_map"],))
     if explicit:
-        kernel, source = explicit, "config"
+        kernel, source, candidates = explicit, "config", (explicit,)
     elif not selecting:
-        kernel, source = reference, "image_size"
+        kernel, source, candidates = reference, "image_size", (reference,)
     else:
         candidates = scoring.candidate_kernels(image_size, config.scoring.smoothing_candidates)
-        kernel, aurocs = select_kernel(cal_set, candidates, reference)
+    image_map, image_aurocs = image_sources[0], {}
+    if selecting or len(image_sources) > 1:   # (source, window) jointly
+        image_map, chosen, image_aurocs = select_image_map(cal_set, image_sources,
+                                                           candidates, reference)
+    aurocs = image_aurocs.get(image_map, {}) if selecting else {}
+    if selecting:
+        kernel = chosen
         source = "validation" if any(v is not None for v in aurocs.values()) else "image_size"
+    pixel_map, pixel_aurocs = wanted["pixel_map"], {}
+    if pixel_map == "auto":
+        pixel_map, pixel_aurocs = select_pixel_map(cal_set, cal_set.sources(), kernel)
+    scale = cal_set.residual_scale if cal_set is not None else 1.0
+    params = dataclasses.replace(scoring.ScoringParams.from_run(config), kernel=int(kernel),
+                                 pixel_map=pixel_map, image_map=image_map)
+    if params.uses_residual:
+        params = dataclasses.replace(params, residual_scale=scale)
     if selecting and not tiling.patch_mode(config):
-        clean_maps = cal_set.clean_maps
+        clean_maps = cal_set.clean_source_maps(image_map)
     else:
-        clean_maps = normal_maps(model, config, val_cache)
+        clean_maps = normal_maps(model, config, val_cache, params)
     scores = image_scores(clean_maps, kernel).tolist()
     quantile = float(config.scoring.threshold_quantile)
     threshold = scoring.calibrate_threshold(scores, quantile)
@@ -234,36 +351,83 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None):
         "score_max": float(np.max(scores)),
         "smoothing_kernel": int(kernel), "smoothing_source": source,
         "smoothing_candidates": {str(k): v for k, v in aurocs.items()},
+        "pixel_map": pixel_map, "image_map": image_map,
+        "pixel_map_source": _map_source(wanted["pixel_map"], pixel_aurocs),
+        "image_map_source": _map_source(wanted["image_map"], image_aurocs
+                                        if len(image_sources) > 1 else {}),
+        "residual_scale": float(scale),
     }
+    if wanted["image_map"] == "auto":
+        result["image_map_candidates"] = {
+            s: {str(k): v for k, v in row.items()} for s, row in image_aurocs.items()}
+    if wanted["pixel_map"] == "auto":
+        result["pixel_map_candidates"] = pixel_aurocs
     warning = threshold_support_warning(len(scores), quantile)
     if warning:
         result["warning"] = warning
         logging.warning("calibration: %s", warning)
-    result.update(_pixel_and_span(cal_set, kernel, explicit_pixel, scores))
+    result.update(_pixel_and_span(cal_set, params, explicit_pixel, scores))
     if cal_set is not None:
         result["num_synthetic_anomalies"] = int(cal_set.synthetic_labels.sum())
         result["num_synthetic_outside_roi"] = int((cal_set.synthetic_labels == 0).sum())
     if log_fn:
         chosen = (f"smoothing window {kernel} ({source}"
                   + (", validation image AUROC " + ", ".join(
-                      f"{k}: {'n/a' if v is None else f'{v:.3f}'}" for k, v in aurocs.items())
+                      f"{k}: {_fmt(v)}" for k, v in aurocs.items())
                      if aurocs else "") + ")")
-        log_fn(f"calibration: {chosen}; threshold {threshold:.4f} = quantile {quantile} of "
-               f"{len(scores)} validation normals; pixel threshold "
-               f"{result['pixel_threshold']:.4f} ({result['pixel_threshold_source']})")
+        log_fn(f"calibration: {chosen}; {_map_line(result, kernel)}; threshold "
+               f"{threshold:.4f} = quantile {quantile} of {len(scores)} validation normals; "
+               f"pixel threshold {result['pixel_threshold']:.4f} "
+               f"({result['pixel_threshold_source']})")
     return result
 
 
-def _pixel_and_span(cal_set, kernel, explicit_pixel, normal_scores):
-    """calibration.json entries of the defect mask and of the normalised score."""
+def _fmt(value):
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _map_source(wanted, aurocs):
+    """How a map source was chosen: "config", "validation" or "default" (auto without an
+    AUROC: the segmentator)."""
+    if wanted != "auto":
+        return "config"
+    if any(v is not None for v in _flat(aurocs)):
+        return "validation"
+    return "default"
+
+
+def _flat(aurocs):
+    for value in aurocs.values():
+        yield from (value.values() if isinstance(value, dict) else (value,))
+
+
+def _map_line(result, kernel):
+    """The log's account of the map sources chosen and why."""
+    parts = []
+    for key, what in (("image_map", "image"), ("pixel_map", "pixel")):
+        line = f"{what} map {result[key]} ({result[key + '_source']}"
+        candidates = result.get(key + "_candidates")
+        if candidates:
+            line += f", validation {what} AUROC at window {kernel} " + ", ".join(
+                f"{s}: {_fmt(v.get(str(kernel)) if isinstance(v, dict) else v)}"
+                for s, v in candidates.items())
+        parts.append(line + ")")
+    if result["pixel_map"] != scoring.SEGMENTATOR or result["image_map"] != scoring.SEGMENTATOR:
+        parts.append(f"residual scale {result['residual_scale']:.4f}")
+    return "; ".join(parts)
+
+
+def _pixel_and_span(cal_set, params, explicit_pixel, normal_scores):
+    """calibration.json entries of the defect mask (params.pixel_map) and of the normalised
+    score (params.image_map)."""
     if explicit_pixel:
         value, f1, source = explicit_pixel, None, "config"
     else:
-        value, f1 = pixel_threshold(cal_set, kernel)
+        value, f1 = pixel_threshold(cal_set, params.kernel, params.pixel_map)
         source = "validation_f1" if f1 is not None else "default"
     scores = list(normal_scores)
     if cal_set is not None:
-        scores += image_scores(cal_set.maps, kernel).tolist()
+        scores += image_scores(cal_set.source_maps(params.image_map), params.kernel).tolist()
     return {"pixel_threshold": value, "pixel_threshold_source": source,
             "pixel_f1_validation": f1,
             "normalization": {"min": float(np.min(scores)), "max": float(np.max(scores)),

@@ -31,6 +31,8 @@ ALLOWED = {
     "train.best_metric": choices.BEST_METRICS,
     "data.patch_sampling": choices.PATCH_SAMPLINGS,
     "scoring.smoothing_auto": choices.SMOOTHING_AUTO,
+    "scoring.pixel_map": choices.MAP_CHOICES,
+    "scoring.image_map": choices.MAP_CHOICES,
     "data.layout": choices.LAYOUTS,
 }
 
@@ -267,6 +269,19 @@ def base_config() -> ml_collections.ConfigDict:
     # calibrated: the pixel F1-max of the smoothed maps of validation normals and synthetic
     # anomalies against their masks (grdnet_tf/calibration.py); a value in (0, 1) is used as is.
     c.scoring.pixel_threshold = 0.0
+    # Which map the pixel outputs (anomaly_map, anomaly_mask, pixel metrics) and the image
+    # score (max of the smoothed map) are taken from; not the paper's unless "segmentator":
+    #   "segmentator" (default, the paper): the segmentator map A;
+    #   "residual": R_n = clip(R / residual_scale, 0, 1), R = mean over channels of
+    #     |X - X̂| (model input against its reconstruction), residual_scale = the 0.999
+    #     quantile of R over the clean validation images' pixels (calibration.json);
+    #   "sum": 0.5 * (A + R_n);
+    #   "auto": chosen at calibration on validation normals and synthetic anomalies (never
+    #     the test split): image_map jointly with the smoothing window by image AUROC,
+    #     pixel_map by the pixel AUROC of the smoothed maps; ties go to "segmentator".
+    # A run whose calibration.json has no choice scores with "segmentator".
+    c.scoring.pixel_map = "segmentator"
+    c.scoring.image_map = "segmentator"
     return c
 
 def get_value(config, dotted):

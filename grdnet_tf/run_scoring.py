@@ -6,8 +6,9 @@ resize the training cache and the SavedModel use), so these scores equal exporte
 Pixel metrics are computed at the model resolution (`data.image_size`), or in patch mode at
 the working resolution of the stitched map; ground truth and test ROIs are resized there
 with nearest neighbour (`preprocess.model_mask`). The headline pixel metrics (pixel_auroc,
-aupro, ...) use the raw segmentator map, as DRAEM and anomalib report them; the same
-metrics of the smoothed map the image score is taken from carry a ``_smoothed`` suffix.
+aupro, ...) use the raw pixel map (`scoring.ScoringParams.pixel_map`: the segmentator map
+unless configured otherwise), as DRAEM and anomalib report them; the same metrics of the
+smoothed pixel map carry a ``_smoothed`` suffix.
 
 Evaluation (`grdnet_tf.evaluation.eval_lib`) and the learning curves of training both use it.
 """
@@ -53,7 +54,7 @@ class Scorer:
                              tf.TensorSpec([None, None], tf.float32)])
 
     def _score_model_inputs(self, images, roi):
-        return scoring.score_model_inputs(self.run.model, images, self.kernel, roi=roi)
+        return scoring.score_model_inputs(self.run.model, images, self.params, roi=roi)
 
     def _score_working_image(self, image, roi):
         return scoring.score_working_image(self.run.model, image, self.params, roi=roi)
@@ -81,10 +82,10 @@ class Scored:
     """One scored image: maps at the model resolution (patch mode: working resolution)."""
     path: str
     image: np.ndarray        # native uint8 [h, w, 3 or 1]
-    anomaly_map: np.ndarray  # float32 [H, W], smoothed: the image score is its max
+    anomaly_map: np.ndarray  # float32 [H, W], the smoothed pixel map (params.pixel_map)
     anomaly_score: float
     sample: object = None
-    raw_map: np.ndarray = None  # float32 [H, W], the segmentator map before smoothing
+    raw_map: np.ndarray = None  # float32 [H, W], the pixel map before smoothing
     reconstruction: np.ndarray = None  # float32 [H, W, C] in [0, 1] (model resolution)
 
 
@@ -206,6 +207,8 @@ def score_test_split(scorer, data_dir, batch_size=8):
     result.update(folders=folders, notes=notes, num_images=len(labels), data_dir=data_dir,
                   use_roi=scorer.use_roi, threshold=scorer.threshold,
                   smoothing_kernel=scorer.kernel, pixel_maps="raw",
+                  pixel_map=scorer.params.pixel_map, image_map=scorer.params.image_map,
+                  residual_scale=scorer.params.residual_scale,
                   patch_scale=scorer.params.patch_scale)
     return SplitScores(metrics=result, paths=paths, scores=scores, samples=samples)
 

@@ -5,13 +5,17 @@ Pipeline (docs/method.md §5), all TensorFlow ops so it runs inside a SavedModel
   images (uint8 or float, any size, 1 or 3 channels)
     -> `preprocess.model_input`: the one resize (as in training), float32 on the 1/255 grid
     -> GRDNet: X̂ = generator(X) (E1 + decoder), A = segmentator(concat(X, X̂))  (raw map)
-    -> optional hard ROI masking of A
+    -> optional hard ROI masking of A (and of the residual R, when a map uses it)
+    -> `source_map`: the pixel map and the image map, each the segmentator map A (the
+       paper, default), the residual R_n = clip(R / residual_scale, 0, 1) with
+       R = mean over channels |X - X̂|, or their mean 0.5 (A + R_n) (`ScoringParams`)
     -> `smooth`: mean over a k x k window, stride 1, the map zero outside the image (the
        padding counts, as in DRAEM): a defect scores the same wherever it lies; TF's SAME
        average pooling divides by the valid pixels only, which smooths the border less and
        turns border artefacts into high scores (a 3x3 blob in a corner scores 1.0 under
        5x5, in the middle 0.36)
-    -> image score = max of the smoothed map (at model resolution)
+    -> image score = max of the smoothed image map (at model resolution); the outputs'
+       maps are the pixel map
     -> maps and reconstructions resized back to the input resolution
     -> is_anomalous = score > threshold (calibrated on validation normals)
     -> anomaly_mask = map > pixel threshold (calibrated on validation normals and synthetic
@@ -32,7 +36,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from grdnet_tf import keys
+from grdnet_tf import choices, keys
 from grdnet_tf.data import preprocess, tiling
 
 PAPER_KERNEL = 21        # the paper's smoothing window ...
@@ -74,6 +78,30 @@ def image_score(smoothed_map):
     return tf.reduce_max(smoothed_map, axis=[1, 2])
 
 
+SEGMENTATOR = "segmentator"   # the paper's map (scoring.pixel_map / image_map)
+RESIDUAL_QUANTILE = 0.999     # residual_scale = this quantile of clean validation residuals
+
+
+def residual_map(images, reconstruction):
+    """Reconstruction residual R = mean over channels of |X - X̂|: [..., C] -> [...]."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    return tf.reduce_mean(tf.abs(images - tf.cast(reconstruction, tf.float32)), axis=-1)
+
+
+def source_map(name, seg, residual, scale):
+    """The map named `name` (`choices.MAP_SOURCES`) of a segmentator map and a residual:
+    "segmentator" = `seg` itself, "residual" = R_n = clip(residual / scale, 0, 1),
+    "sum" = 0.5 * (seg + R_n). `residual` may be None for "segmentator"."""
+    choices.check("map source", name, choices.MAP_SOURCES)
+    if name == SEGMENTATOR:
+        return seg
+    normalised = tf.clip_by_value(tf.convert_to_tensor(residual, tf.float32) / float(scale),
+                                  0.0, 1.0)
+    if name == "residual":
+        return normalised
+    return 0.5 * (tf.convert_to_tensor(seg, tf.float32) + normalised)
+
+
 @dataclasses.dataclass(frozen=True)
 class ScoringParams:
     """Everything that turns a model's maps into scores (and what an export records).
@@ -84,22 +112,42 @@ class ScoringParams:
         kernel: odd smoothing window (1 = none).
         patch_scale: working scale of patch mode; 0 = whole images resized to image_size.
         patch_stride: tile stride in patch mode.
+        pixel_map: the map of the pixel outputs (`choices.MAP_SOURCES`, never "auto").
+        image_map: the map whose smoothed max is the image score.
+        residual_scale: the residual's normalisation (1.0 when no map uses it).
     """
     image_size: tuple
     channels: int
     kernel: int
     patch_scale: float = 0.0
     patch_stride: int = 0
+    pixel_map: str = SEGMENTATOR
+    image_map: str = SEGMENTATOR
+    residual_scale: float = 1.0
+
+    def __post_init__(self):
+        choices.check("ScoringParams.pixel_map", self.pixel_map, choices.MAP_SOURCES)
+        choices.check("ScoringParams.image_map", self.image_map, choices.MAP_SOURCES)
+        if not 0.0 < self.residual_scale < math.inf:
+            raise ValueError(f"ScoringParams.residual_scale={self.residual_scale!r} must be "
+                             f"a finite number > 0")
+
+    @property
+    def uses_residual(self):
+        return SEGMENTATOR != self.pixel_map or SEGMENTATOR != self.image_map
 
     @classmethod
     def from_run(cls, config, calibration=None):
-        """The run's scoring: `resolve_kernel` and the config's data / patch settings."""
+        """The run's scoring: `resolve_kernel`, `resolve_maps` and the config's data /
+        patch settings."""
         patches = tiling.patch_mode(config)
+        pixel_map, image_map, residual_scale = resolve_maps(config, calibration)
         return cls(image_size=tuple(int(v) for v in config.data.image_size),
                    channels=int(config.data.channels),
                    kernel=resolve_kernel(config, calibration),
                    patch_scale=float(config.data.patch_scale) if patches else 0.0,
-                   patch_stride=tiling.patch_stride(config) if patches else 0)
+                   patch_stride=tiling.patch_stride(config) if patches else 0,
+                   pixel_map=pixel_map, image_map=image_map, residual_scale=residual_scale)
 
 
 DEFAULT_PIXEL_THRESHOLD = 0.5   # the segmentator's own decision boundary (sigmoid output)
@@ -160,21 +208,74 @@ def resolve_kernel(config, calibration=None):
     return paper_kernel(tuple(config.data.image_size))
 
 
-def score_model_inputs(model, images, kernel_size, roi=None):
+def resolve_maps(config, calibration=None):
+    """(pixel_map, image_map, residual_scale): each map the config's explicit choice, for
+    "auto" the one in `calibration` (calibration.json), else "segmentator"; the scale from
+    `calibration` where a map uses the residual (1.0 otherwise or when it has none)."""
+    calibration = calibration or {}
+    names = []
+    for key in ("pixel_map", "image_map"):
+        name = config.scoring.get(key, SEGMENTATOR)
+        if name == "auto":
+            name = calibration.get(key) or SEGMENTATOR
+            choices.check(f"calibration.json {key}", name, choices.MAP_SOURCES)
+        names.append(name)
+    scale = 1.0
+    if any(name != SEGMENTATOR for name in names) and calibration.get("residual_scale"):
+        scale = float(calibration["residual_scale"])
+    return names[0], names[1], scale
+
+
+def _map_params(params):
+    """`ScoringParams`, or a bare window (the paper's segmentator maps) -> ScoringParams
+    fields (kernel, pixel_map, image_map, residual_scale)."""
+    if isinstance(params, ScoringParams):
+        return params.kernel, params.pixel_map, params.image_map, params.residual_scale
+    return int(params), SEGMENTATOR, SEGMENTATOR, 1.0
+
+
+def _scored_maps(seg, images, reconstruction, params, roi):
+    """The one path from raw maps to outputs: ROI-masks the segmentator map (and the
+    residual of `images` against `reconstruction`, when a map uses it), takes the pixel
+    and image maps (`source_map`), smooths them and scores the image map.
+    Returns RAW_ANOMALY_MAP (the raw pixel map), ANOMALY_MAP (its smoothing) and
+    ANOMALY_SCORE (max over the last two axes of the smoothed image map)."""
+    kernel, pixel_map, image_map, scale = _map_params(params)
+    residual = None
+    if SEGMENTATOR != pixel_map or SEGMENTATOR != image_map:
+        residual = residual_map(images, reconstruction)
+        if roi is not None:
+            residual = residual * roi
+    if roi is not None:
+        seg = seg * roi
+    batched = len(seg.shape) == 3
+    raw = source_map(pixel_map, seg, residual, scale)
+    smoothed = smooth(raw if batched else raw[tf.newaxis], kernel)
+    if image_map == pixel_map:
+        image_smoothed = smoothed
+    else:
+        image_raw = source_map(image_map, seg, residual, scale)
+        image_smoothed = smooth(image_raw if batched else image_raw[tf.newaxis], kernel)
+    score = image_score(image_smoothed)
+    if not batched:
+        smoothed, score = smoothed[0], score[0]
+    return {keys.RAW_ANOMALY_MAP: raw, keys.ANOMALY_MAP: smoothed, keys.ANOMALY_SCORE: score}
+
+
+def score_model_inputs(model, images, params, roi=None):
     """Model-size float images [B, H, W, C] -> dict with model-resolution outputs.
 
-    Returns RECONSTRUCTION [B, H, W, C], RAW_ANOMALY_MAP (after the ROI mask) [B, H, W],
-    ANOMALY_MAP (smoothed) [B, H, W] and ANOMALY_SCORE [B].
-    `roi`: optional float [B, H, W] hard mask applied to the raw map before smoothing.
+    `params`: `ScoringParams` (window and maps), or an int window (segmentator maps).
+    Returns RECONSTRUCTION [B, H, W, C], RAW_ANOMALY_MAP (the raw pixel map after the ROI
+    mask) [B, H, W], ANOMALY_MAP (smoothed) [B, H, W] and ANOMALY_SCORE [B] (max of the
+    smoothed image map).
+    `roi`: optional float [B, H, W] hard mask applied to the raw maps before smoothing.
     """
     outputs = model(images, training=False)
-    anomaly_map = outputs[keys.RAW_ANOMALY_MAP]
-    if roi is not None:
-        anomaly_map = anomaly_map * roi
-    smoothed = smooth(anomaly_map, kernel_size)
-    return {keys.RECONSTRUCTION: outputs[keys.RECONSTRUCTION],
-            keys.RAW_ANOMALY_MAP: anomaly_map, keys.ANOMALY_MAP: smoothed,
-            keys.ANOMALY_SCORE: image_score(smoothed)}
+    out = _scored_maps(outputs[keys.RAW_ANOMALY_MAP], images, outputs[keys.RECONSTRUCTION],
+                       params, roi)
+    out[keys.RECONSTRUCTION] = outputs[keys.RECONSTRUCTION]
+    return out
 
 
 def working_input(image, params):
@@ -192,7 +293,9 @@ def score_working_image(model, image, params, roi=None):
     The image is cut into `params.image_size` tiles every `params.patch_stride` pixels (the
     last tile flush with the border), all tiles go through the model as one batch, the raw
     maps and reconstructions are stitched by averaging overlaps, an optional ROI [h', w']
-    hard-masks the stitched map, which is then smoothed; the score is its max.
+    hard-masks the stitched map (and the residual of the image against the stitched
+    reconstruction, when a map uses it); the pixel map is then smoothed, the score is the
+    max of the smoothed image map.
     Returns RECONSTRUCTION [h', w', C], RAW_ANOMALY_MAP and ANOMALY_MAP [h', w'],
     ANOMALY_SCORE scalar.
     """
@@ -203,11 +306,9 @@ def score_working_image(model, image, params, roi=None):
     outputs = model(tiles, training=False)
     raw = tiling.stitch(outputs[keys.RAW_ANOMALY_MAP], offsets, size)
     reconstruction = tiling.stitch(outputs[keys.RECONSTRUCTION], offsets, size)
-    if roi is not None:
-        raw = raw * roi
-    smoothed = smooth(raw[tf.newaxis], params.kernel)[0]
-    return {keys.RECONSTRUCTION: reconstruction, keys.RAW_ANOMALY_MAP: raw,
-            keys.ANOMALY_MAP: smoothed, keys.ANOMALY_SCORE: tf.reduce_max(smoothed)}
+    out = _scored_maps(raw, image, reconstruction, params, roi)
+    out[keys.RECONSTRUCTION] = reconstruction
+    return out
 
 
 def score_images(model, images, params, threshold, roi=None):
@@ -233,7 +334,7 @@ def score_images(model, images, params, threshold, roi=None):
         model_roi = None if roi is None else preprocess.model_mask(roi, params.image_size)
         out = score_model_inputs(model, preprocess.model_input(images, params.image_size,
                                                                params.channels),
-                                 params.kernel, roi=model_roi)
+                                 params, roi=model_roi)
     anomaly_map = preprocess.resize(out[keys.ANOMALY_MAP][..., tf.newaxis], input_size)[..., 0]
     reconstruction = preprocess.resize(out[keys.RECONSTRUCTION], input_size)
     score = out[keys.ANOMALY_SCORE]
