@@ -28,7 +28,8 @@ keeps each item's reconstruction residual R next to its segmentator map (one mod
 and residual_scale = the 0.999 quantile of R over the clean normals' pixels. With
 image_map "auto" the (source, window) pair with the best image AUROC is chosen jointly
 (ties: the segmentator, then the window rule above); with pixel_map "auto" the source
-with the best pixel AUROC of the smoothed maps at that window (ties: the segmentator).
+with the best pixel AUROC of the raw maps, as the pixel metrics are computed (ties: the
+segmentator).
 The thresholds and the span then use the chosen maps. In patch mode all of this is done on
 the patch-level set (per-patch residuals, scale from the clean patches); the image
 threshold still comes from whole tiled validation images scored with the chosen maps.
@@ -247,7 +248,8 @@ def select_image_map(cal_set, sources, candidates, reference):
 
 
 def select_pixel_map(cal_set, sources, kernel):
-    """The source whose smoothed maps have the best pixel AUROC on `cal_set`.
+    """The source whose maps, smoothed with `kernel` (1 = raw), have the best pixel AUROC
+    on `cal_set`.
 
     Returns (source, {source: auroc or None}); without synthetic anomaly pixels every
     AUROC is None and the first source is returned. Ties go to the earlier source.
@@ -332,7 +334,9 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None):
         source = "validation" if any(v is not None for v in aurocs.values()) else "image_size"
     pixel_map, pixel_aurocs = wanted["pixel_map"], {}
     if pixel_map == "auto":
-        pixel_map, pixel_aurocs = select_pixel_map(cal_set, cal_set.sources(), kernel)
+        # On the raw maps (window 1): the pixel metrics (pixel AUROC, AUPRO; DRAEM's and
+        # anomalib's convention) are computed on the raw map.
+        pixel_map, pixel_aurocs = select_pixel_map(cal_set, cal_set.sources(), 1)
     scale = cal_set.residual_scale if cal_set is not None else 1.0
     params = dataclasses.replace(scoring.ScoringParams.from_run(config), kernel=int(kernel),
                                  pixel_map=pixel_map, image_map=image_map)

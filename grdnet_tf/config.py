@@ -278,7 +278,8 @@ def base_config() -> ml_collections.ConfigDict:
     #   "sum": 0.5 * (A + R_n);
     #   "auto": chosen at calibration on validation normals and synthetic anomalies (never
     #     the test split): image_map jointly with the smoothing window by image AUROC,
-    #     pixel_map by the pixel AUROC of the smoothed maps; ties go to "segmentator".
+    #     pixel_map by the pixel AUROC of the raw maps (as the pixel metrics are computed);
+    #     ties go to "segmentator".
     # A run whose calibration.json has no choice scores with "segmentator".
     c.scoring.pixel_map = "segmentator"
     c.scoring.image_map = "segmentator"
