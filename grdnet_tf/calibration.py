@@ -412,7 +412,8 @@ def _map_line(result, kernel):
         line = f"{what} map {result[key]} ({result[key + '_source']}"
         candidates = result.get(key + "_candidates")
         if candidates:
-            line += f", validation {what} AUROC at window {kernel} " + ", ".join(
+            where = f"at window {kernel}" if what == "image" else "of the raw maps"
+            line += f", validation {what} AUROC {where} " + ", ".join(
                 f"{s}: {_fmt(v.get(str(kernel)) if isinstance(v, dict) else v)}"
                 for s, v in candidates.items())
         parts.append(line + ")")
