@@ -5,9 +5,10 @@
 
 One row per test image at the model's input size: the input X and the reconstruction X̂
 (both times --gain, so that a dark part is visible), |X - X̂| scaled to its maximum, the
-segmentator's raw map (jet, scaled to its maximum) and the ground-truth mask. Prints per
-image the map's maximum, its maximum inside the ground truth and the mean |X - X̂| inside
-and outside it. docs/results.md shows the tire sheet.
+segmentator's raw map (scaled to its maximum, in the project's one colour map,
+grdnet_tf/heatmap.py, as the evaluation overlays) and the ground-truth mask. Prints per image
+the map's maximum, its maximum inside the ground truth and the mean |X - X̂| inside and
+outside it. docs/results.md shows the tire sheet.
 """
 import glob
 import os
@@ -34,6 +35,7 @@ def _scaled(image):
 def row(run, data_dir, name, gain):
     import tensorflow as tf
 
+    from grdnet_tf import heatmap
     from grdnet_tf.data import io, preprocess
 
     folder, stem = name.split("/")
@@ -56,9 +58,9 @@ def row(run, data_dir, name, gain):
     print(f"{name}: map max {raw.max():.3f}, max inside the defect {inside}, mean |X - X̂| "
           f"inside {diff[gt > 0].mean() if gt.any() else float('nan'):.4f} / outside "
           f"{diff[gt == 0].mean():.4f}")
-    jet = cv2.applyColorMap((_scaled(raw) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    colours = heatmap.colorize(_scaled(raw))  # uint8 RGB
     tiles = [np.clip(_rgb(x) * gain, 0, 1), np.clip(_rgb(x_hat) * gain, 0, 1),
-             _rgb(_scaled(diff)[..., None]), jet[..., ::-1] / 255.0, _rgb(gt[..., None])]
+             _rgb(_scaled(diff)[..., None]), colours / 255.0, _rgb(gt[..., None])]
     return np.concatenate(tiles, axis=1)
 
 

@@ -52,3 +52,39 @@ def tiny_run(tmp_path_factory, demo_category):
     model_dir = str(tmp_path_factory.mktemp("tiny_run"))
     train_lib.train(config, demo_category, model_dir)
     return model_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_evaluation(tiny_run, demo_category, tmp_path_factory):
+    """``eval_lib.evaluate`` of ``tiny_run`` on ``demo_category`` (two overlays), once per
+    session; returns (its result, the output folder). Read only."""
+    from grdnet_tf.evaluation import eval_lib
+    out = str(tmp_path_factory.mktemp("tiny_evaluation"))
+    return eval_lib.evaluate(tiny_run, demo_category, out, num_overlays=2), out
+
+
+@pytest.fixture(scope="session")
+def random_run(tmp_path_factory):
+    """``helpers_run.make_tiny_run``'s default run (seed 0, two steps on random 32x32 data,
+    threshold 0.5), made once per session for every test that only reads it (a test that
+    changes a run copies it into its tmp_path first); returns the run directory."""
+    from helpers_run import make_tiny_run
+    model_dir = str(tmp_path_factory.mktemp("random_run") / "run")
+    make_tiny_run(model_dir)
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def random_export(random_run, tmp_path_factory):
+    """``random_run`` restored and exported once (SavedModel, the export's defaults):
+    SimpleNamespace(model_dir, loaded (run_dir.LoadedRun), base, version_dir = base/1).
+    Read only: tests write further exports into export bases of their own."""
+    import types
+
+    from grdnet_tf import run_dir
+    from grdnet_tf.serving import export_lib
+    loaded = run_dir.load_for_inference(random_run)
+    base = str(tmp_path_factory.mktemp("random_export") / "exported")
+    version_dir = export_lib.export_model(loaded, base, model_dir=random_run)
+    return types.SimpleNamespace(model_dir=random_run, loaded=loaded, base=base,
+                                 version_dir=version_dir)

@@ -2,19 +2,20 @@
 one device on the same global batches (logical CPUs and a worker cluster must be configured
 before TensorFlow initialises, so each scenario runs in a fresh process).
 
-  python tests/sync_worker.py mirrored OUT_DIR [SYNC [PRECISION]]
+  python tests/sync_worker.py mirrored OUT_DIR [SYNCS [PRECISION]]
       two logical CPUs, MirroredStrategy(["/cpu:0", "/cpu:1"]); PRECISION=mixed_float16
       wraps each SGD in a LossScaleOptimizer (at a fixed scale of 256).
-  python tests/sync_worker.py multi_worker OUT_DIR [SYNC]
+  python tests/sync_worker.py multi_worker OUT_DIR [SYNCS]
       MultiWorkerMirroredStrategy, one replica per process (TF_CONFIG set by the caller).
 
-Both build the batch-norm tiny model twice from the same seed, once on the default strategy
-and once under the distributed one (train.sync_batch_norm=SYNC, default 1), run STEPS
-`train_step`s with SGD on the same global batches (each replica gets its slice), and write
-OUT_DIR/result.npz: every variable of both models (`single/<path>`, `replicated/<path>`; a
-mirrored variable's copy on every replica as `replicated/<path>#<replica>`), the trainable
-weights before the steps (`before/<path>`) and the step logs
-of both (`logs/<single|replicated>/<step>/<name>`).
+Both build the batch-norm tiny model from the same seed once on the default strategy and,
+for each value SYNC of the comma-separated SYNCS (default "1"), once under the distributed
+one (train.sync_batch_norm=SYNC); they run STEPS `train_step`s with SGD on the same global
+batches (each replica gets its slice) and write OUT_DIR/result<task>_sync<SYNC>.npz per SYNC:
+every variable of both models (`single/<path>`, `replicated/<path>`; a mirrored variable's
+copy on every replica as `replicated/<path>#<replica>`), the trainable weights before the
+steps (`before/<path>`), the step logs of both (`logs/<single|replicated>/<step>/<name>`)
+and the message refusing train.jit_compile under the strategy (`jit_compile_error`).
 """
 import os
 import sys
@@ -39,7 +40,7 @@ def _strategy(mode):
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
-def run(mode, out_dir, sync="1", precision="float32"):
+def run(mode, out_dir, syncs="1", precision="float32"):
     strategy = _strategy(mode)
     import keras
     import numpy as np
@@ -56,11 +57,10 @@ def run(mode, out_dir, sync="1", precision="float32"):
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer, dynamic_growth_steps=100)
         return optimizer
 
-    config = make_config()
-    config.model.norm = "batch"
-    config.train.sync_batch_norm = bool(int(sync))
-
-    def build(scope_strategy):
+    def build(scope_strategy, sync):
+        config = make_config()
+        config.model.norm = "batch"
+        config.train.sync_batch_norm = sync
         with scope_strategy.scope():
             keras.utils.set_random_seed(0)
             model = build_grdnet(config, compile=True, optimizers=[sgd() for _ in range(3)])
@@ -69,47 +69,61 @@ def run(mode, out_dir, sync="1", precision="float32"):
                     optimizer.dynamic_scale.assign(256.0)
             return model
 
-    single = build(tf.distribute.get_strategy())
-    replicated = build(strategy)
-    replicated.set_weights(single.get_weights())
+    # One device: train.sync_batch_norm changes nothing there, so one model serves as the
+    # reference of every SYNC value.
+    single = build(tf.distribute.get_strategy(), True)
+    replicated = {}
+    for sync in syncs.split(","):
+        replicated[sync] = build(strategy, bool(int(sync)))
+        replicated[sync].set_weights(single.get_weights())
     replicas = strategy.num_replicas_in_sync
     share = BATCH // replicas
 
-    @tf.function
-    def distributed_step(batch):
-        def slice_of(context):
-            start = context.replica_id_in_sync_group * share
-            return {k: v[start:start + share] for k, v in batch.items()}
-        per_replica = strategy.run(
-            replicated.train_step,
-            args=(strategy.experimental_distribute_values_from_function(slice_of),))
-        return {k: strategy.reduce("MEAN", v, axis=None) for k, v in per_replica.items()}
+    def distributed_step(model):
+        @tf.function
+        def step(batch):
+            def slice_of(context):
+                start = context.replica_id_in_sync_group * share
+                return {k: v[start:start + share] for k, v in batch.items()}
+            per_replica = strategy.run(
+                model.train_step,
+                args=(strategy.experimental_distribute_values_from_function(slice_of),))
+            return {k: strategy.reduce("MEAN", v, axis=None) for k, v in per_replica.items()}
+        return step
 
     single_step = tf.function(single.train_step)
-    arrays = {f"before/{v.path}": v.numpy() for v in single.trainable_variables}
+    steps = {sync: distributed_step(model) for sync, model in replicated.items()}
+    before = {f"before/{v.path}": v.numpy() for v in single.trainable_variables}
+    arrays = {sync: dict(before) for sync in replicated}
     for step in range(STEPS):
         batch = fixed_batch(seed=step)
-        for name, logs in (("single", single_step(batch)),
-                           ("replicated", distributed_step(batch))):
-            for key, value in logs.items():
-                arrays[f"logs/{name}/{step}/{key}"] = np.asarray(value)
-    for name, model in (("single", single), ("replicated", replicated)):
-        for variable in model.variables:
-            arrays[f"{name}/{variable.path}"] = variable.numpy()
-            if name == "replicated":
-                for i, copy in enumerate(strategy.experimental_local_results(variable.value)):
-                    arrays[f"{name}/{variable.path}#{i}"] = copy.numpy()
+        single_logs = single_step(batch)
+        for sync, replicated_step in steps.items():
+            for name, logs in (("single", single_logs), ("replicated", replicated_step(batch))):
+                for key, value in logs.items():
+                    arrays[sync][f"logs/{name}/{step}/{key}"] = np.asarray(value)
+    for sync, model in replicated.items():
+        for name, source in (("single", single), ("replicated", model)):
+            for variable in source.variables:
+                arrays[sync][f"{name}/{variable.path}"] = variable.numpy()
+                if name == "replicated":
+                    for i, copy in enumerate(
+                            strategy.experimental_local_results(variable.value)):
+                        arrays[sync][f"{name}/{variable.path}#{i}"] = copy.numpy()
+    task = getattr(strategy.cluster_resolver, "task_id", 0) or 0
+    jit_compile_error = None
     try:  # XLA cannot compile a step holding all-reduces: refused before any data is read
         from grdnet_tf.training import train_lib
-        task = getattr(strategy.cluster_resolver, "task_id", 0) or 0
         empty = os.path.join(out_dir, f"no_data{task}")
         os.makedirs(os.path.join(empty, "train", "good"), exist_ok=True)  # a layout, no images
         train_lib.train(make_config(jit_compile=True), empty,
                         os.path.join(out_dir, "no_run"), strategy=strategy)
     except ValueError as e:
-        arrays["jit_compile_error"] = np.array(str(e))
-    task = getattr(strategy.cluster_resolver, "task_id", 0) or 0
-    np.savez(os.path.join(out_dir, f"result{task}.npz"), **arrays)
+        jit_compile_error = np.array(str(e))
+    for sync, result in arrays.items():
+        if jit_compile_error is not None:
+            result["jit_compile_error"] = jit_compile_error
+        np.savez(os.path.join(out_dir, f"result{task}_sync{sync}.npz"), **result)
 
 
 if __name__ == "__main__":

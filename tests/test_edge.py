@@ -1,13 +1,12 @@
 """ONNX and LiteRT exports (grdnet_tf/serving/edge.py), served equals scored in patch mode,
 defect masks and the normalised score, and the modes of what an export writes.
 
-Two tiny runs (whole image, patch mode), each exported once per format (module fixtures).
+Two tiny runs (whole image: the session's conftest.random_export; patch mode), each exported
+once per format (module fixtures).
 The same images go through the SavedModel, onnxruntime and the LiteRT interpreter: scores
 agree within 1e-3 and maps within 1e-2 (the issue's bar; measured: ~1e-7).
 """
 import os
-import subprocess
-import sys
 import types
 
 import cv2
@@ -19,7 +18,7 @@ from grdnet_tf import keys, run_dir, scoring
 from grdnet_tf.evaluation import eval_lib
 from grdnet_tf.serving import edge, export_lib
 
-from helpers_run import REPO_ROOT, make_tiny_run
+from helpers_run import make_tiny_run
 
 SCORE_ATOL = 1e-3
 MAP_ATOL = 1e-2
@@ -41,13 +40,13 @@ def _export(loaded, base, model_dir, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def whole(tmp_path_factory):
+def whole(random_export, tmp_path_factory):
+    """The session's tiny run (threshold 0.5) and its SavedModel (conftest.random_export),
+    exported here to ONNX and LiteRT in an export base of this module."""
     root = tmp_path_factory.mktemp("edge")
-    model_dir = str(root / "run")
-    make_tiny_run(model_dir, threshold=0.5)
-    loaded = run_dir.load_for_inference(model_dir)
+    loaded, model_dir = random_export.loaded, random_export.model_dir
     base = str(root / "exported")
-    dirs = {"saved_model": _export(loaded, base, model_dir),
+    dirs = {"saved_model": random_export.version_dir,
             "onnx": _export(loaded, base, model_dir, export_format="onnx"),
             "litert": _export(loaded, base, model_dir, export_format="litert",
                               input_size=SIZE)}
@@ -159,16 +158,8 @@ def test_bad_format_and_input_size_write_nothing(whole, tmp_path):
     assert not os.path.exists(base)
 
 
-def test_export_binary_format_flag(whole, tmp_path):
-    base = str(tmp_path / "bin")
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(
-        [sys.executable, "-m", "grdnet_tf.bin.export", f"--model_dir={whole.model_dir}",
-         f"--export_dir={base}", "--format=litert", "--input_size=32,x"],
-        capture_output=True, text=True, env=env, cwd=REPO_ROOT)
-    assert proc.returncode == 2
-    assert "error: --input_size=32,x must be two positive integers" in proc.stderr
-    assert not os.path.exists(base)
+# The binary's --format/--input_size error: test_export.py's
+# test_binary_rejects_a_bad_input_size, a subprocess run with that module's other binary runs.
 
 
 # --- patch mode: served equals scored ------------------------------------------------

@@ -15,9 +15,9 @@ from grdnet_tf.evaluation import eval_lib, report
 
 
 @pytest.fixture(scope="module")
-def evaluated(tiny_run, demo_category, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("eval"))
-    return eval_lib.evaluate(tiny_run, demo_category, out, num_overlays=2), out
+def evaluated(tiny_evaluation):
+    """(evaluate's result, its output folder) of the session's tiny run (conftest.py)."""
+    return tiny_evaluation
 
 
 def test_evaluate_writes_metrics_report_plots_and_overlays(evaluated):

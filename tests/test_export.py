@@ -1,6 +1,6 @@
 """grdnet-export: a versioned SavedModel whose signatures equal the in-process scoring.
 
-One tiny run and one export (module fixture). The SavedModel is loaded in a fresh Python
+One tiny run and one export (conftest.random_export, shared with other modules). The SavedModel is loaded in a fresh Python
 process (what TF Serving does: no grdnet_tf code, no Python objects of the exporter) and
 through saved_model_cli; TF Serving itself cannot run on the dev machine.
 """
@@ -24,7 +24,7 @@ from grdnet_tf import keys, run_dir, scoring
 from grdnet_tf.evaluation import plots
 from grdnet_tf.serving import export_lib
 
-from helpers_run import REPO_ROOT, make_tiny_run
+from helpers_run import REPO_ROOT
 
 THRESHOLD = 0.5
 ATOL = 1e-4
@@ -151,15 +151,12 @@ def _inference_variables(model):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    model_dir = str(root / "run")
-    base = str(root / "exported")
-    make_tiny_run(model_dir, threshold=THRESHOLD)
-    loaded = run_dir.load_for_inference(model_dir)
-    version_dir = export_lib.export_model(loaded, base, model_dir=model_dir)
-    return types.SimpleNamespace(root=root, model_dir=model_dir, base=base,
-                                 version_dir=version_dir, loaded=loaded)
+def exported(random_export, tmp_path_factory):
+    """The session's tiny run and its SavedModel (conftest.random_export, calibrated at
+    THRESHOLD), plus a work folder (root) of this module."""
+    assert random_export.loaded.threshold == THRESHOLD
+    return types.SimpleNamespace(root=tmp_path_factory.mktemp("export"),
+                                 **vars(random_export))
 
 
 class _Jobs:
@@ -202,7 +199,8 @@ def jobs(exported):
     """Starts every subprocess of this module right after the export.
 
     fresh: the SavedModel loaded in a fresh interpreter, every signature called on a plan
-    of cases; cli_show / cli_run: saved_model_cli; bin_*: the grdnet-export binary.
+    of cases; cli_show / cli_run: saved_model_cli; bin_*: the grdnet-export binary (its
+    version, overwrite and threshold flags, and the edge formats' --input_size).
     """
     work = exported.root / "jobs"
     work.mkdir()
@@ -261,6 +259,9 @@ def jobs(exported):
     jobs.start("bin_overwrite", binary + [
         f"--model_dir={exported.model_dir}", f"--export_dir={bases['base_overwrite']}",
         "--version=1", "--overwrite", "--threshold=0.25"])
+    jobs.start("bin_bad_input_size", binary + [
+        f"--model_dir={exported.model_dir}", f"--export_dir={work / 'base_bad_input_size'}",
+        "--format=litert", "--input_size=32,x"])
     jobs.work, jobs.inputs, jobs.bases = work, inputs, bases
     jobs.digest_before = _digest(exported.version_dir)
     yield jobs
@@ -625,6 +626,15 @@ def test_binary_flags_versions_and_overwrite(exported, jobs):
     assert sorted(os.listdir(base)) == ["1"]                  # no .tmp-*, no .old-*
     metadata = export_lib.read_metadata(os.path.join(base, "1"))
     assert metadata["threshold"] == 0.25 and metadata["threshold_source"] == "flag"
+
+
+def test_binary_rejects_a_bad_input_size(jobs):
+    """The edge formats' flag (test_edge.py) through the binary: exit 2, one error naming
+    it, no export folder."""
+    proc = jobs.result("bin_bad_input_size")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error: --input_size=32,x must be two positive integers" in proc.stderr
+    assert not os.path.exists(jobs.work / "base_bad_input_size")
 
 
 def test_training_cache_and_serving_default_give_the_model_the_same_input(

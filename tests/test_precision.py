@@ -63,18 +63,17 @@ def test_set_precision_rejects_unknown_names():
         set_precision("bfloat16")
 
 
-def test_serving_graph_at_mixed_bfloat16(tmp_path):
+def test_serving_graph_at_mixed_bfloat16(random_export, tmp_path):
     import tensorflow as tf
 
     from grdnet_tf import keys
     from grdnet_tf.serving import export_lib
-    from helpers_run import make_tiny_run
 
-    model_dir = str(tmp_path / "run")
-    make_tiny_run(model_dir, threshold=0.5)
-    exports = {precision: export_lib.export_run(model_dir, str(tmp_path / precision),
-                                                precision=precision)
-               for precision in ("float32", "mixed_bfloat16")}
+    # float32: the session's export of the tiny run (conftest.random_export).
+    exports = {"float32": random_export.version_dir,
+               "mixed_bfloat16": export_lib.export_run(random_export.model_dir,
+                                                       str(tmp_path / "mixed_bfloat16"),
+                                                       precision="mixed_bfloat16")}
     assert keras.mixed_precision.global_policy().name == "float32"  # restored
     images = tf.constant(np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)), tf.uint8)
     outputs = {}

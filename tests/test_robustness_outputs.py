@@ -11,15 +11,6 @@ import pytest
 from grdnet_tf.data import demo, io
 from grdnet_tf.evaluation import eval_lib
 
-from helpers_run import make_tiny_run
-
-
-@pytest.fixture(scope="module")
-def random_run(tmp_path_factory):
-    model_dir = str(tmp_path_factory.mktemp("outputs") / "run")
-    make_tiny_run(model_dir)
-    return model_dir
-
 
 def _image(path, value):
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -66,13 +57,13 @@ def test_failed_predict_leaves_the_previous_results(random_run, tmp_path):
     assert os.listdir(fresh) == []  # no predictions.csv.tmp, no empty heatmaps/
 
 
-def test_second_evaluation_replaces_the_overlays(demo_category, tmp_path):
+def test_second_evaluation_replaces_the_overlays(random_run, tiny_run, demo_category,
+                                                tmp_path):
     out = str(tmp_path / "eval")
     names = []
-    for seed in (1, 2):
-        model_dir = str(tmp_path / f"run{seed}")
-        make_tiny_run(model_dir, seed=seed, image_size=(32, 32))
-        if seed == 2:  # a panel of an error the first evaluation saw
+    # Two runs that score differently (the session's: random data, and the demo category).
+    for model_dir in (random_run, tiny_run):
+        if model_dir == tiny_run:  # a panel of an error the first evaluation saw
             _image(os.path.join(out, "panels", "fp_good_stale.png"), 7)
         eval_lib.evaluate(model_dir, demo_category, out, num_overlays=2)
         names.append(sorted(os.listdir(os.path.join(out, "overlays"))))

@@ -20,19 +20,18 @@ from PIL import Image
 from grdnet_tf import keys, run_dir
 from grdnet_tf.serving import export_lib
 
-from helpers_run import REPO_ROOT, make_tiny_run
+from helpers_run import REPO_ROOT
 
 MAX_PIXELS = 3 * 32 * 32  # three 32 x 32 images per request
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serving")
-    model_dir = str(root / "run")
-    make_tiny_run(model_dir)
-    base = str(root / "export")
-    version_dir = export_lib.export_run(model_dir, base, max_pixels=MAX_PIXELS)
-    return model_dir, base, version_dir
+def exported(random_run, tmp_path_factory):
+    """(the session's tiny run (conftest.random_run), export base, its export with
+    max_pixels=MAX_PIXELS)."""
+    base = str(tmp_path_factory.mktemp("serving") / "export")
+    version_dir = export_lib.export_run(random_run, base, max_pixels=MAX_PIXELS)
+    return random_run, base, version_dir
 
 
 @pytest.fixture(scope="module")

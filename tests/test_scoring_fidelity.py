@@ -255,11 +255,10 @@ def test_too_few_validation_normals_for_the_quantile_warn():
     assert "at least 20" in calibration.threshold_support_warning(19, 0.95)
 
 
-def test_the_report_says_what_the_threshold_rests_on(tiny_run, demo_category, tmp_path):
-    from grdnet_tf.evaluation import eval_lib
+def test_the_report_says_what_the_threshold_rests_on(tiny_run, tiny_evaluation):
     cal = run_dir.read_calibration(tiny_run)
-    result = eval_lib.evaluate(tiny_run, demo_category, str(tmp_path))
-    report = open(os.path.join(str(tmp_path), "report.md")).read()
+    result, out = tiny_evaluation
+    report = open(os.path.join(out, "report.md")).read()
     assert (f"(quantile {cal['quantile']} of {cal['num_images']} validation normals)"
             in report)
     assert cal["warning"] in result["notes"] and cal["warning"] in report

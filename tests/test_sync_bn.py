@@ -19,15 +19,16 @@ NORMS = ("generator_grad_norm", "discriminator_grad_norm", "segmentator_grad_nor
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    """{scenario: result npz as a dict}; the four processes run at the same time."""
+    """{scenario: result npz as a dict}; the four processes run at the same time (one of
+    them trains the synchronised and the per-replica model next to one single-device
+    reference)."""
     root = tmp_path_factory.mktemp("sync_bn")
-    scenarios = {"mirrored": ("mirrored", "1", "float32"),
-                 "per_replica": ("mirrored", "0", "float32"),
+    processes = {"mirrored": ("mirrored", "1,0", "float32"),
                  "mirrored_float16": ("mirrored", "1", "mixed_float16")}
     commands = []
-    for name, (mode, sync, precision) in scenarios.items():
+    for name, (mode, syncs, precision) in processes.items():
         (root / name).mkdir()
-        commands.append(([sys.executable, WORKER, mode, str(root / name), sync, precision],
+        commands.append(([sys.executable, WORKER, mode, str(root / name), syncs, precision],
                          _env()))
     (root / "multi_worker").mkdir()
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
@@ -37,10 +38,13 @@ def results(tmp_path_factory):
                           "1"], _env(TF_CONFIG=tf_config, TF_ENABLE_ONEDNN_OPTS="0")))
     for returncode, stderr in _run_all(commands):
         assert returncode == 0, stderr[-3000:]
-    out = {name: dict(np.load(root / name / "result0.npz")) for name in scenarios}
-    out["multi_worker"] = dict(np.load(root / "multi_worker" / "result0.npz"))
-    out["multi_worker1"] = dict(np.load(root / "multi_worker" / "result1.npz"))
-    return out
+    files = {"mirrored": ("mirrored", "result0_sync1"),
+             "per_replica": ("mirrored", "result0_sync0"),
+             "mirrored_float16": ("mirrored_float16", "result0_sync1"),
+             "multi_worker": ("multi_worker", "result0_sync1"),
+             "multi_worker1": ("multi_worker", "result1_sync1")}
+    return {name: dict(np.load(root / folder / f"{stem}.npz"))
+            for name, (folder, stem) in files.items()}
 
 
 def _paths(result, part):

@@ -99,7 +99,10 @@ class _Native:
 
 
 
-def _write_panels(panel_dir, chosen, native, samples, scores, decision, panels):
+def _write_panels(panel_dir, chosen, native, samples, scores, decision):
+    """Writes one panel PNG per chosen image into panel_dir; returns their paths relative to
+    the evaluation folder (panels/<kind>_<folder>_<stem>.png), by kind, then falling score."""
+    panels = []
     for i, kind in sorted(chosen.items(), key=lambda kv: (kv[1], -scores[kv[0]])):
         n = native[i]
         sample = samples[i]
@@ -109,6 +112,7 @@ def _write_panels(panel_dir, chosen, native, samples, scores, decision, panels):
         plots.panel_png(os.path.join(panel_dir, name), n.scored.image, n.reconstruction,
                         n.map, n.mask, decision.pixel_threshold, title, gt_mask=n.gt)
         panels.append(os.path.join("panels", name))
+    return panels
 
 
 def write_pictures(output_dir, scorer, samples, scores, batch_size=8):
@@ -141,11 +145,10 @@ def write_pictures(output_dir, scorer, samples, scores, batch_size=8):
     items = [samples[i] for i in wanted]
     for i, scored in zip(wanted, run_scoring.iter_scored(scorer, items, batch_size)):
         native[i] = _Native(scored, decision)
-    panels = []
     # Written aside, then in place of panels/: an earlier evaluation's other errors go.
     panel_dir = tempfile.mkdtemp(prefix=".panels.tmp-", dir=output_dir)
     try:
-        _write_panels(panel_dir, chosen, native, samples, scores, decision, panels)
+        panels = _write_panels(panel_dir, chosen, native, samples, scores, decision)
         file_modes.replace_dir(panel_dir, os.path.join(output_dir, "panels"))
     finally:
         shutil.rmtree(panel_dir, ignore_errors=True)

@@ -62,9 +62,15 @@ def check_data_dir(data_dir):
                                 f"category folder)")
 
 
-def load_train_data(config, data_dir):
+def load_train_data(config, data_dir, layout=None):
+    """Indexes and decodes the training and validation images of `data_dir` (TrainData).
+    `layout`: the one mvtec.detect_layout already found for it (default: config.data.layout,
+    "auto" detects it here)."""
     check_data_dir(data_dir)
-    train_samples, val_samples = mvtec.index_train(data_dir, **mvtec.config_kwargs(config))
+    kwargs = mvtec.config_kwargs(config)
+    if layout is not None:
+        kwargs["layout"] = layout
+    train_samples, val_samples = mvtec.index_train(data_dir, **kwargs)
     if not config.data.use_roi:
         train_samples = [dataclasses.replace(s, roi_path=None) for s in train_samples]
         val_samples = [dataclasses.replace(s, roi_path=None) for s in val_samples]
@@ -334,8 +340,8 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info,
     if not model_dir:
         raise ValueError("--model_dir is required")
     check_data_dir(data_dir)  # before the lock creates model_dir
-    mvtec.detect_layout(data_dir, config.data.layout,  # an unknown layout, too
-                        mvtec.FolderLayout.from_config(config.data.folder))
+    layout = mvtec.detect_layout(data_dir, config.data.layout,  # an unknown layout, too
+                                 mvtec.FolderLayout.from_config(config.data.folder))
     keras.utils.set_random_seed(config.seed)
     if config.train.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -351,16 +357,16 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info,
     _, task_id = strategy_lib.task_info(strategy)
     lock = run_dir.RunLock(model_dir) if chief else None
     try:
-        return _train_locked(config, data_dir, model_dir, strategy, chief, task_id, log_fn,
-                             resume_with_changes)
+        return _train_locked(config, data_dir, layout, model_dir, strategy, chief, task_id,
+                             log_fn, resume_with_changes)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train_locked(config, data_dir, model_dir, strategy, chief, task_id, log_fn,
+def _train_locked(config, data_dir, layout, model_dir, strategy, chief, task_id, log_fn,
                   resume_with_changes):
-    data = load_train_data(config, data_dir)
+    data = load_train_data(config, data_dir, layout)
     record = None
     if chief:
         for path in run_dir.remove_stale_temporaries(model_dir):
