@@ -379,7 +379,8 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None):
                   + (", validation image AUROC " + ", ".join(
                       f"{k}: {_fmt(v)}" for k, v in aurocs.items())
                      if aurocs else "") + ")")
-        log_fn(f"calibration: {chosen}; {_map_line(result, kernel)}; threshold "
+        maps = _map_line(result, kernel)
+        log_fn(f"calibration: {chosen}; {maps + '; ' if maps else ''}threshold "
                f"{threshold:.4f} = quantile {quantile} of {len(scores)} validation normals; "
                f"pixel threshold {result['pixel_threshold']:.4f} "
                f"({result['pixel_threshold_source']})")
@@ -406,7 +407,11 @@ def _flat(aurocs):
 
 
 def _map_line(result, kernel):
-    """The log's account of the map sources chosen and why."""
+    """The log's account of the map sources chosen and why; "" for the paper's maps set
+    in the config (the default, nothing was chosen)."""
+    if all(result[key] == scoring.SEGMENTATOR and result[key + "_source"] == "config"
+           for key in ("image_map", "pixel_map")):
+        return ""
     parts = []
     for key, what in (("image_map", "image"), ("pixel_map", "pixel")):
         line = f"{what} map {result[key]} ({result[key + '_source']}"
