@@ -226,36 +226,28 @@ def resolve_maps(config, calibration=None):
     return names[0], names[1], scale
 
 
-def _map_params(params):
-    """`ScoringParams`, or a bare window (the paper's segmentator maps) -> ScoringParams
-    fields (kernel, pixel_map, image_map, residual_scale)."""
-    if isinstance(params, ScoringParams):
-        return params.kernel, params.pixel_map, params.image_map, params.residual_scale
-    return int(params), SEGMENTATOR, SEGMENTATOR, 1.0
-
-
 def _scored_maps(seg, images, reconstruction, params, roi):
     """The one path from raw maps to outputs: ROI-masks the segmentator map (and the
     residual of `images` against `reconstruction`, when a map uses it), takes the pixel
     and image maps (`source_map`), smooths them and scores the image map.
     Returns RAW_ANOMALY_MAP (the raw pixel map), ANOMALY_MAP (its smoothing) and
     ANOMALY_SCORE (max over the last two axes of the smoothed image map)."""
-    kernel, pixel_map, image_map, scale = _map_params(params)
     residual = None
-    if SEGMENTATOR != pixel_map or SEGMENTATOR != image_map:
+    if params.uses_residual:
         residual = residual_map(images, reconstruction)
         if roi is not None:
             residual = residual * roi
     if roi is not None:
         seg = seg * roi
     batched = len(seg.shape) == 3
-    raw = source_map(pixel_map, seg, residual, scale)
-    smoothed = smooth(raw if batched else raw[tf.newaxis], kernel)
-    if image_map == pixel_map:
+    raw = source_map(params.pixel_map, seg, residual, params.residual_scale)
+    smoothed = smooth(raw if batched else raw[tf.newaxis], params.kernel)
+    if params.image_map == params.pixel_map:
         image_smoothed = smoothed
     else:
-        image_raw = source_map(image_map, seg, residual, scale)
-        image_smoothed = smooth(image_raw if batched else image_raw[tf.newaxis], kernel)
+        image_raw = source_map(params.image_map, seg, residual, params.residual_scale)
+        image_smoothed = smooth(image_raw if batched else image_raw[tf.newaxis],
+                                params.kernel)
     score = image_score(image_smoothed)
     if not batched:
         smoothed, score = smoothed[0], score[0]
@@ -265,7 +257,7 @@ def _scored_maps(seg, images, reconstruction, params, roi):
 def score_model_inputs(model, images, params, roi=None):
     """Model-size float images [B, H, W, C] -> dict with model-resolution outputs.
 
-    `params`: `ScoringParams` (window and maps), or an int window (segmentator maps).
+    `params`: `ScoringParams` (window and maps).
     Returns RECONSTRUCTION [B, H, W, C], RAW_ANOMALY_MAP (the raw pixel map after the ROI
     mask) [B, H, W], ANOMALY_MAP (smoothed) [B, H, W] and ANOMALY_SCORE [B] (max of the
     smoothed image map).

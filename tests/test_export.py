@@ -657,7 +657,7 @@ def test_training_cache_and_serving_default_give_the_model_the_same_input(
     np.testing.assert_array_equal(preprocess.to_unit(cache.images[0]), graph_input[0])
     params = scoring.ScoringParams.from_run(config, loaded.calibration)
     from_cache = scoring.score_model_inputs(
-        loaded.model, preprocess.to_unit(cache.images), params.kernel)
+        loaded.model, preprocess.to_unit(cache.images), params)
     served = saved_model.signatures["serving_default"](images=tf.constant(native[None]))
     np.testing.assert_allclose(served[keys.ANOMALY_SCORE].numpy(),
                                from_cache[keys.ANOMALY_SCORE].numpy(), atol=1e-6)
