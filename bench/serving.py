@@ -280,14 +280,32 @@ def export_formats(run_path, tmp, size, representative):
     return functions, seconds, sizes
 
 
+def _test_split(data_dir):
+    """The test samples of a category and their images as the signatures take them (RGB
+    uint8, each at its own size)."""
+    from grdnet_tf.data import io, mvtec
+
+    samples = mvtec.index_test(data_dir)
+    return samples, [io.read_image(s.path, None, 3) for s in samples]
+
+
+def _serve_each(fn, images):
+    """(scores [N], maps [N x (h, w)]) of a serving function called on one image at a time."""
+    scores, maps = [], []
+    for image in images:
+        outputs = fn(images=tf.constant(image[None]))
+        scores.append(float(np.asarray(outputs["anomaly_score"])[0]))
+        maps.append(np.asarray(outputs["anomaly_map"])[0])
+    return np.array(scores), maps
+
+
 def format_quality(run_path, data_dir, tmp):
     """Image AUROC on the test split of every format (LiteRT at the first test image's
     size; images of another size are counted and left out)."""
     from grdnet_tf.data import io, mvtec
     from grdnet_tf.evaluation import metrics as metrics_lib
 
-    samples = mvtec.index_test(data_dir)
-    images = [io.read_image(s.path, None, 3) for s in samples]
+    samples, images = _test_split(data_dir)
     size = images[0].shape[:2]
     keep = [i for i, image in enumerate(images) if image.shape[:2] == size]
     config = run_dir.load_run_config(run_path)
@@ -303,8 +321,7 @@ def format_quality(run_path, data_dir, tmp):
            "int8_calibration_images": len(normals), "export_seconds": seconds, **sizes}
     reference = None
     for name, fn in functions.items():
-        scores = np.array([float(np.asarray(fn(images=tf.constant(images[i][None]))[
-            "anomaly_score"])[0]) for i in keep])
+        scores, _ = _serve_each(fn, [images[i] for i in keep])
         if reference is None:
             reference = scores
         out[name] = {"image_auroc": round(metrics_lib.image_auroc(labels, scores), 4),
@@ -316,12 +333,11 @@ def precision_quality(run_path, data_dir, precisions, tmp):
     """Image AUROC, pixel AUROC and AUPRO on the test split of a trained run exported as a
     SavedModel at float32 and at each of ``precisions`` (serving_default, one image per call,
     every image at its own size), and the largest score and map differences from float32."""
-    from grdnet_tf.data import io, mvtec
+    from grdnet_tf.data import io
     from grdnet_tf.evaluation import metrics as metrics_lib
 
     channels = int(run_dir.load_run_config(run_path).data.channels)
-    samples = mvtec.index_test(data_dir)
-    images = [io.read_image(s.path, None, 3) for s in samples]
+    samples, images = _test_split(data_dir)
     masks = [io.read_mask(s.mask_path, image.shape[:2]) if s.mask_path else
              np.zeros(image.shape[:2], np.uint8) for s, image in zip(samples, images)]
     labels = [s.label for s in samples]
@@ -332,12 +348,7 @@ def precision_quality(run_path, data_dir, precisions, tmp):
         version_dir = export_lib.export_run(run_path, os.path.join(tmp, f"q_{precision}"),
                                             precision=precision)
         fn = tf.saved_model.load(version_dir).signatures["serving_default"]
-        scores, maps = [], []
-        for image in images:
-            outputs = fn(images=tf.constant(image[None]))
-            scores.append(float(np.asarray(outputs["anomaly_score"])[0]))
-            maps.append(np.asarray(outputs["anomaly_map"])[0])
-        scores = np.array(scores)
+        scores, maps = _serve_each(fn, images)
         entry = {"image_auroc": round(metrics_lib.image_auroc(labels, scores), 4),
                  "pixel_auroc": round(metrics_lib.pixel_auroc(masks, maps), 4),
                  "aupro": round(metrics_lib.aupro(masks, maps), 4)}
