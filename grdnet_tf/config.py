@@ -235,6 +235,10 @@ def base_config() -> ml_collections.ConfigDict:
     # moving statistics kept in checkpoints and exports are those of one device on the same
     # batch; False keeps per-replica statistics. No effect on one device.
     c.train.sync_batch_norm = True
+    # XLA: one device compiles the whole training step; several replicas compile each
+    # replica's forward and backward passes, with the gradient all-reduce and the updates
+    # around them (on CPU devices that needs sync_batch_norm=False). Slower on CPU
+    # (docs/benchmarks.md); meant for GPUs.
     c.train.jit_compile = False
     c.train.checkpoint_every_steps = 200
     c.train.keep_checkpoints = 3

@@ -10,12 +10,14 @@ before TensorFlow initialises, so each scenario runs in a fresh process).
 
 Both build the batch-norm tiny model from the same seed once on the default strategy and,
 for each value SYNC of the comma-separated SYNCS (default "1"), once under the distributed
-one (train.sync_batch_norm=SYNC); they run STEPS `train_step`s with SGD on the same global
-batches (each replica gets its slice) and write OUT_DIR/result<task>_sync<SYNC>.npz per SYNC:
+one (train.sync_batch_norm=SYNC[0]; a SYNC ending in "xla" also compiles each replica's
+step under XLA, train.jit_compile); they run STEPS `train_step`s with SGD on the same global
+batches (each replica gets its slice, `train_lib.distributed_train_step`) and write OUT_DIR/result<task>_sync<SYNC>.npz per SYNC:
 every variable of both models (`single/<path>`, `replicated/<path>`; a mirrored variable's
 copy on every replica as `replicated/<path>#<replica>`), the trainable weights before the
 steps (`before/<path>`), the step logs of both (`logs/<single|replicated>/<step>/<name>`)
-and the message refusing train.jit_compile under the strategy (`jit_compile_error`).
+and the message refusing train.jit_compile with synchronised batch norm under the strategy
+(`jit_compile_error`).
 """
 import os
 import sys
@@ -48,6 +50,7 @@ def run(mode, out_dir, syncs="1", precision="float32"):
 
     from grdnet_tf.models import build_grdnet
     from grdnet_tf.models.grdnet import set_precision
+    from grdnet_tf.training import train_lib
 
     set_precision(precision)
 
@@ -74,32 +77,28 @@ def run(mode, out_dir, syncs="1", precision="float32"):
     single = build(tf.distribute.get_strategy(), True)
     replicated = {}
     for sync in syncs.split(","):
-        replicated[sync] = build(strategy, bool(int(sync)))
+        replicated[sync] = build(strategy, bool(int(sync[0])))
         replicated[sync].set_weights(single.get_weights())
     replicas = strategy.num_replicas_in_sync
     share = BATCH // replicas
 
-    def distributed_step(model):
-        @tf.function
-        def step(batch):
-            def slice_of(context):
-                start = context.replica_id_in_sync_group * share
-                return {k: v[start:start + share] for k, v in batch.items()}
-            per_replica = strategy.run(
-                model.train_step,
-                args=(strategy.experimental_distribute_values_from_function(slice_of),))
-            return {k: strategy.reduce("MEAN", v, axis=None) for k, v in per_replica.items()}
-        return step
+    def distributed(batch):
+        def slice_of(context):
+            start = context.replica_id_in_sync_group * share
+            return {k: v[start:start + share] for k, v in batch.items()}
+        return strategy.experimental_distribute_values_from_function(slice_of)
 
     single_step = tf.function(single.train_step)
-    steps = {sync: distributed_step(model) for sync, model in replicated.items()}
+    steps = {sync: train_lib.distributed_train_step(model, strategy, sync.endswith("xla"))
+             for sync, model in replicated.items()}
     before = {f"before/{v.path}": v.numpy() for v in single.trainable_variables}
     arrays = {sync: dict(before) for sync in replicated}
     for step in range(STEPS):
         batch = fixed_batch(seed=step)
         single_logs = single_step(batch)
         for sync, replicated_step in steps.items():
-            for name, logs in (("single", single_logs), ("replicated", replicated_step(batch))):
+            for name, logs in (("single", single_logs),
+                               ("replicated", replicated_step(distributed(batch)))):
                 for key, value in logs.items():
                     arrays[sync][f"logs/{name}/{step}/{key}"] = np.asarray(value)
     for sync, model in replicated.items():
@@ -112,8 +111,7 @@ def run(mode, out_dir, syncs="1", precision="float32"):
                         arrays[sync][f"{name}/{variable.path}#{i}"] = copy.numpy()
     task = getattr(strategy.cluster_resolver, "task_id", 0) or 0
     jit_compile_error = None
-    try:  # XLA cannot compile a step holding all-reduces: refused before any data is read
-        from grdnet_tf.training import train_lib
+    try:  # XLA cannot compile sync BN's all-reduce on CPUs: refused before any data is read
         empty = os.path.join(out_dir, f"no_data{task}")
         os.makedirs(os.path.join(empty, "train", "good"), exist_ok=True)  # a layout, no images
         train_lib.train(make_config(jit_compile=True), empty,

@@ -17,7 +17,7 @@ def test_train_step_compiles_under_xla_and_matches_the_graph():
     plain, compiled = _model(), _model()
     compiled.set_weights(plain.get_weights())
     plain_step = tf.function(plain.train_step)
-    xla_step = tf.function(compiled.train_step, jit_compile=True)
+    xla_step = compiled.replica_train_step(jit_compile=True)  # one replica: the whole step
     batch = fixed_batch(seed=1)
     # The XLA function must compile as a whole: experimental_get_compiler_ir fails on any
     # op without an XLA kernel (no silent fallback with jit_compile=True).

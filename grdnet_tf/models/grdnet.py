@@ -129,7 +129,11 @@ class GRDNet(keras.Model):
                                          roi_mode=w.roi_mode)
         return w.w_focal * tf.reduce_sum(focal) / global_batch
 
-    def train_step(self, data):
+    def compute_gradients(self, data):
+        """Forward pass, losses and the three networks' gradients on this replica's batch;
+        returns (scalars, (discriminator, generator, segmentator) gradients). Nothing is
+        updated but batch-norm moving statistics, and nothing crosses replicas but the
+        synchronised batch-norm moments."""
         with tf.GradientTape(persistent=True) as tape:
             scalars, x_hat = self.compute_losses(data, training=True)
             scaled_g = _scale(self.g_optimizer, scalars["generator_loss"])
@@ -141,7 +145,13 @@ class GRDNet(keras.Model):
             scalars["segmentator_loss"] = self.segmentator_loss(data, x_hat, training=True)
             scaled_s = _scale(self.s_optimizer, scalars["segmentator_loss"])
         s_grads = seg_tape.gradient(scaled_s, self.segmentator.trainable_variables)
+        return scalars, (d_grads, g_grads, s_grads)
 
+    def apply_updates(self, scalars, gradients):
+        """Sums `compute_gradients`' gradients over the replicas, applies the three updates
+        (all skipped together on a loss-scaling overflow) and updates the trackers; returns
+        the step logs."""
+        d_grads, g_grads, s_grads = gradients
         updates = [(name, optimizer, net, _sum_over_replicas(grads))
                    for name, optimizer, net, grads in (
                        ("discriminator", self.d_optimizer, self.discriminator, d_grads),
@@ -153,6 +163,31 @@ class GRDNet(keras.Model):
             norms[f"{name}_grad_norm"] = _unscaled_norm(optimizer, grads)  # before the update
             optimizer.apply_gradients(zip(grads, net.trainable_variables))
         return self._update_trackers(scalars, norms)
+
+    def train_step(self, data):
+        return self.apply_updates(*self.compute_gradients(data))
+
+    def replica_train_step(self, jit_compile=False):
+        """The training step to run in `strategy.run` (or alone on one device).
+
+        With `jit_compile` on one replica the whole `train_step` is one XLA program. Under
+        several replicas the all-reduce of the gradients and the optimizers' updates
+        (`merge_call`s) cannot sit inside an XLA function on CPU devices, so XLA compiles
+        `compute_gradients` (the forward and backward passes, nearly all of the step's
+        FLOPs) and the all-reduce and updates run around it as plain graph ops. A
+        synchronised batch norm all-reduces inside the forward pass: TensorFlow compiles that
+        into XLA only when every replica is a GPU, and refuses it otherwise (see
+        `train_lib.check_jit_compile`). Call inside the strategy scope.
+        """
+        if not jit_compile:
+            return self.train_step
+        if tf.distribute.get_strategy().num_replicas_in_sync == 1:
+            return tf.function(self.train_step, jit_compile=True)
+        gradients = tf.function(self.compute_gradients, jit_compile=True)
+
+        def step(data):
+            return self.apply_updates(*gradients(data))
+        return step
 
     def test_step(self, data):
         scalars, x_hat = self.compute_losses(data, training=False)

@@ -328,6 +328,42 @@ def refuse_fresh_start_over(model_dir):
             f"them. Move them away or train into a new --model_dir.")
 
 
+def check_jit_compile(config, strategy):
+    """Raises ValueError when `train.jit_compile` cannot compile under `strategy`.
+
+    Under several replicas XLA compiles the forward and backward passes of each replica
+    (`GRDNet.replica_train_step`). A synchronised batch norm all-reduces its moments in
+    the forward pass, and TensorFlow puts an all-reduce inside an XLA function only when
+    every replica is a GPU (elsewhere it becomes a `merge_call`, which an XLA function
+    cannot hold).
+    """
+    if not (config.train.jit_compile and strategy.num_replicas_in_sync > 1
+            and config.train.sync_batch_norm and config.model.norm == "batch"):
+        return
+    devices = [tf.DeviceSpec.from_string(d).device_type
+               for d in strategy.extended.worker_devices]
+    if any(device != "GPU" for device in devices):
+        raise ValueError(
+            f"train.jit_compile=True with {strategy.num_replicas_in_sync} replicas on "
+            f"{', '.join(sorted(set(devices)))} devices needs train.sync_batch_norm=False: "
+            "TensorFlow compiles the synchronised batch norm's all-reduce into XLA only "
+            "when every replica is a GPU")
+
+
+def distributed_train_step(model, strategy, jit_compile=False):
+    """A tf.function running one `GRDNet.replica_train_step` per replica on a distributed
+    batch; returns the logs averaged over the replicas."""
+    with strategy.scope():
+        replica_step = model.replica_train_step(jit_compile=jit_compile)
+
+    @tf.function
+    def step(batch):
+        per_replica = strategy.run(replica_step, args=(batch,))
+        return {name: strategy.reduce("MEAN", value, axis=None)
+                for name, value in per_replica.items()}
+    return step
+
+
 def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info,
           resume_with_changes=False):
     """Trains (or resumes) a GRD-Net run in `model_dir`; returns a summary dict.
@@ -348,11 +384,7 @@ def train(config, data_dir, model_dir, strategy=None, log_fn=logging.info,
     set_precision(config.train.precision)
     strategy = strategy or strategy_lib.make_strategy(
         config.train.strategy, worker_timeout_seconds=config.train.worker_timeout_seconds)
-    if config.train.jit_compile and strategy.num_replicas_in_sync > 1:
-        # A jit-compiled function inside strategy.run cannot hold the gradient and batch-norm
-        # all-reduces (TensorFlow: "merge_call called while defining a new graph").
-        raise ValueError(f"train.jit_compile=True runs on one replica only, not "
-                         f"{strategy.num_replicas_in_sync}")
+    check_jit_compile(config, strategy)
     chief = strategy_lib.is_chief(strategy)
     _, task_id = strategy_lib.task_info(strategy)
     lock = run_dir.RunLock(model_dir) if chief else None
@@ -423,15 +455,7 @@ def _train_locked(config, data_dir, layout, model_dir, strategy, chief, task_id,
     guard = savable_weights_check(model, preview, model.variables + [
         v for optimizer in model.optimizers.values() for v in optimizer.variables])
 
-    replica_step = model.train_step
-    if config.train.jit_compile:
-        replica_step = tf.function(model.train_step, jit_compile=True)
-
-    @tf.function
-    def distributed_step(batch):
-        per_replica = strategy.run(replica_step, args=(batch,))
-        return {name: strategy.reduce("MEAN", value, axis=None)
-                for name, value in per_replica.items()}
+    distributed_step = distributed_train_step(model, strategy, config.train.jit_compile)
 
     validation_step = tf.function(model.test_step)
 
