@@ -18,7 +18,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 demo: $(STAMP)
 	$(BIN)/python -m grdnet_tf.bin.demo --data_dir=$(DEMO_DATA) --model_dir=$(DEMO_RUN)

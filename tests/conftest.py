@@ -6,6 +6,44 @@ import pytest
 import helpers_images
 
 
+# `make test` runs the suite on two processes (pytest-xdist, `-n 2 --dist loadfile
+# --no-loadscope-reorder`): every test file is one unit of work, except that the files
+# sharing the session's trained runs and exports (tiny_run, tiny_evaluation, random_run,
+# random_export below) form one unit, so that those are made once. Units start longest
+# first (durations measured with `pytest --durations`, docs/benchmarks.md "Test suite"),
+# the rest in collection order. (xdist's `loadgroup` marks do nothing under pytest 9: it
+# renames `item._nodeid`, which pytest 9 no longer reads.)
+SHARED_RUNS = ("test_edge", "test_evaluation", "test_export", "test_precision", "test_report",
+               "test_robustness_outputs", "test_robustness_serving", "test_scoring_fidelity")
+LONGEST_FIRST = ("shared_runs", "test_robustness_training", "test_distributed", "test_sync_bn",
+                 "test_cli", "test_training", "test_xla_step", "test_gpu_kernels",
+                 "test_networks", "test_attention", "test_train_step", "test_scoring_sources")
+
+
+def _unit(nodeid):
+    """The unit of work of a test id: its file's module name, or "shared_runs"."""
+    name = os.path.splitext(os.path.basename(nodeid.split("::", 1)[0]))[0]
+    return "shared_runs" if name in SHARED_RUNS else name
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {unit: i for i, unit in enumerate(LONGEST_FIRST)}
+    order = {item.nodeid: i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (rank.get(_unit(item.nodeid), len(rank)), order[item.nodeid]))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` with the units above (pytest-xdist's scheduler hook)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return _unit(nodeid)
+    return UnitScheduling(config, log)
+
+
 @pytest.fixture
 def write_image():
     """``write_image(path, array) -> path``: writes a test image with OpenCV (RGB order);
