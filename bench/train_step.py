@@ -620,7 +620,7 @@ def _run_config(name, args, log, device):
 
     if args.xla:
         log(f"[{name}] XLA step")
-        xla_step = tf.function(model.train_step, jit_compile=True)
+        xla_step = model.replica_train_step(jit_compile=True)  # one device: the whole step
         start = time.perf_counter()
         ceiling.synchronise(xla_step(batch))
         compile_seconds = time.perf_counter() - start

@@ -240,14 +240,13 @@ def _scored_maps(seg, images, reconstruction, params, roi):
     if roi is not None:
         seg = seg * roi
     batched = len(seg.shape) == 3
-    raw = source_map(params.pixel_map, seg, residual, params.residual_scale)
-    smoothed = smooth(raw if batched else raw[tf.newaxis], params.kernel)
-    if params.image_map == params.pixel_map:
-        image_smoothed = smoothed
-    else:
-        image_raw = source_map(params.image_map, seg, residual, params.residual_scale)
-        image_smoothed = smooth(image_raw if batched else image_raw[tf.newaxis],
-                                params.kernel)
+
+    def raw_and_smoothed(name):
+        raw = source_map(name, seg, residual, params.residual_scale)
+        return raw, smooth(raw if batched else raw[tf.newaxis], params.kernel)
+    raw, smoothed = raw_and_smoothed(params.pixel_map)
+    image_smoothed = (smoothed if params.image_map == params.pixel_map
+                      else raw_and_smoothed(params.image_map)[1])
     score = image_score(image_smoothed)
     if not batched:
         smoothed, score = smoothed[0], score[0]

@@ -28,10 +28,10 @@ def _unit(nodeid):
 
 def pytest_collection_modifyitems(config, items):
     rank = {unit: i for i, unit in enumerate(LONGEST_FIRST)}
-    order = {item.nodeid: i for i, item in enumerate(items)}
-    items.sort(key=lambda item: (rank.get(_unit(item.nodeid), len(rank)), order[item.nodeid]))
+    items.sort(key=lambda item: rank.get(_unit(item.nodeid), len(rank)))  # stable
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: `pytest -p no:xdist` still runs
 def pytest_xdist_make_scheduler(config, log):
     """`--dist loadfile` with the units above (pytest-xdist's scheduler hook)."""
     if config.getvalue("dist") != "loadfile":

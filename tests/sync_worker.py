@@ -12,7 +12,8 @@ Both build the batch-norm tiny model from the same seed once on the default stra
 for each value SYNC of the comma-separated SYNCS (default "1"), once under the distributed
 one (train.sync_batch_norm=SYNC[0]; a SYNC ending in "xla" also compiles each replica's
 step under XLA, train.jit_compile); they run STEPS `train_step`s with SGD on the same global
-batches (each replica gets its slice, `train_lib.distributed_train_step`) and write OUT_DIR/result<task>_sync<SYNC>.npz per SYNC:
+batches (each replica gets its slice, `train_lib.distributed_train_step`) and write
+OUT_DIR/result<task>_sync<SYNC>.npz per SYNC:
 every variable of both models (`single/<path>`, `replicated/<path>`; a mirrored variable's
 copy on every replica as `replicated/<path>#<replica>`), the trainable weights before the
 steps (`before/<path>`), the step logs of both (`logs/<single|replicated>/<step>/<name>`)
