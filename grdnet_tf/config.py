@@ -61,6 +61,7 @@ UNIT_INTERVAL = (
     "synthesis.match_intensity_prob", "data.val_fraction", "scoring.threshold_quantile",
     "data.folder.normal_test_fraction", "scoring.pixel_threshold",
 )
+OPEN_UNIT_INTERVAL = ("model.seg_output_prior",)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -188,6 +189,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.disc_stages = 5
     c.model.seg_base_width = 32  # segmentator U-Net
     c.model.seg_depth = 4
+    # The anomaly map's value on every pixel at initialisation (the output bias starts at
+    # log(pi / (1 - pi)); Lin et al. 2017's prior for focal loss). 0.5 = zero bias.
+    c.model.seg_output_prior = 0.5
     # "none" (the paper's network), "se" (Squeeze-and-Excitation, Hu et al. 2018) or "cbam"
     # (Woo et al. 2018) in the residual blocks of the generator, the discriminator and the
     # segmentator's encoder.
@@ -394,6 +398,10 @@ def validate(config) -> None:
         value = get_value(config, key)
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"config {key}={value!r} must lie in [0, 1]")
+    for key in OPEN_UNIT_INTERVAL:
+        value = get_value(config, key)
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"config {key}={value!r} must lie in (0, 1), ends excluded")
     if config.synthesis.beta_min > config.synthesis.beta_max:
         raise ValueError("config synthesis.beta_min must not exceed synthesis.beta_max")
     if not (0 <= config.synthesis.perlin_min_scale_log2 <= config.synthesis.perlin_max_scale_log2):

@@ -57,6 +57,8 @@ def test_parse_overrides_requires_key_and_value():
     ({"synthesis.perlin_rotation_deg": -1.0}, r"synthesis.perlin_rotation_deg=-1.0 must be >= 0"),
     ({f"synthesis.texture_{n}_weight": 0.0 for n in ("colour", "self", "perlin", "external")},
      r"synthesis.texture_\*_weight are all 0"),
+    ({"model.seg_output_prior": 0.0}, r"model.seg_output_prior=0.0 must lie in \(0, 1\)"),
+    ({"model.seg_output_prior": 1.0}, r"model.seg_output_prior=1.0 must lie in \(0, 1\)"),
 ])
 def test_validate_checks_what_the_data_pipeline_needs(overrides, message):
     with pytest.raises(ValueError, match=message):

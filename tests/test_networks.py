@@ -50,6 +50,30 @@ def test_discriminator_and_segmentator_shapes(height, width, channels):
     assert 0.0 <= float(tf.reduce_min(anomaly_map)) <= float(tf.reduce_max(anomaly_map)) <= 1.0
 
 
+def test_segmentator_output_prior_sets_the_initial_map():
+    """The output bias starts at log(pi / (1 - pi)): the untrained map sits near pi
+    everywhere; 0.5 keeps Keras' zero bias (the weights of a run are bit-identical)."""
+    x = random_images((2, 32, 32, 6))
+    default = Segmentator(channels=3, base_width=4, depth=2)
+    tf.keras.utils.set_random_seed(3)
+    half = Segmentator(channels=3, base_width=4, depth=2, output_prior=0.5)
+    half(x)
+    np.testing.assert_array_equal(half.out_conv.bias.numpy(), [0.0])
+    tf.keras.utils.set_random_seed(3)
+    prior = Segmentator(channels=3, base_width=4, depth=2, output_prior=0.01)
+    anomaly_map = prior(x).numpy()
+    np.testing.assert_allclose(prior.out_conv.bias.numpy(), [-4.59512], atol=1e-5)
+    # Same kernels as `half` (same seed), only the bias differs.
+    np.testing.assert_array_equal(prior.out_conv.kernel.numpy(), half.out_conv.kernel.numpy())
+    assert 0.003 < anomaly_map.min() and anomaly_map.max() < 0.03
+    assert abs(float(np.median(anomaly_map)) - 0.01) < 0.005
+    assert Segmentator.from_config(prior.get_config()).output_prior == 0.01
+    assert default.output_prior == 0.5
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match=f"output_prior={bad} must lie in"):
+            Segmentator(channels=3, output_prior=bad)
+
+
 def test_discriminator_accepts_any_generator_size():
     disc = Discriminator(channels=3, stages=2, **SMALL)
     assert disc(random_images((1, 32, 32, 3)))[1].shape == (1, 1)

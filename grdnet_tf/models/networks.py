@@ -7,6 +7,8 @@ Segmentator: U-Net on the channel concatenation of two images; one sigmoid map.
 Reference: Ferrari, Fraccaroli, Lamma, "GRD-Net: Generative-Reconstructive-Discriminative
 Anomaly Detection with Region of Interest Attention Module", 2023, §3; docs/method.md §2.
 """
+import math
+
 import keras
 from keras import layers, ops
 
@@ -349,12 +351,15 @@ class Segmentator(keras.Model):
         attention: "none", "se" or "cbam" in the ENCODER blocks (enc0..enc<depth>) only; the
             decoder blocks stay plain.
         attention_reduction: reduction ratio of the attention MLPs (default 16).
+        output_prior: the map's value on every pixel at initialisation, pi in (0, 1): the
+            output conv's bias starts at log(pi / (1 - pi)) (Lin et al. 2017, "Focal Loss
+            for Dense Object Detection", section 4.1). 0.5 = zero bias, Keras' default.
 
     Call: x [B, H, W, 2*channels] -> A float32 [B, H, W, 1] in [0, 1].
     """
 
     def __init__(self, channels=3, base_width=32, depth=4, max_width=512, norm="batch",
-                 attention="none", attention_reduction=16, **kwargs):
+                 attention="none", attention_reduction=16, output_prior=0.5, **kwargs):
         super().__init__(**kwargs)
         choices.check("channels", channels, choices.CHANNELS)
         choices.check_positive_int("base_width", base_width)
@@ -362,9 +367,12 @@ class Segmentator(keras.Model):
         choices.check("norm", norm, choices.NORMS)
         choices.check("attention", attention, choices.ATTENTIONS)
         choices.check_positive_int("attention_reduction", attention_reduction)
+        if not 0.0 < output_prior < 1.0:
+            raise ValueError(f"Segmentator output_prior={output_prior!r} must lie in (0, 1)")
         self.channels = channels
         self.base_width = base_width
         self.depth = depth
+        self.output_prior = float(output_prior)
         self.max_width = max_width
         self.norm = norm
         self.attention = attention
@@ -384,7 +392,9 @@ class Segmentator(keras.Model):
             track_layer(self, PreActResidualBlock(widths[i], norm=norm, name=f"dec{i}"))
         self.out_norm = make_norm(norm, widths[0], "out_norm")
         self.out_act = make_activation("relu", "out_act")
-        self.out_conv = layers.Conv2D(1, 1, name="out_conv")
+        self.out_conv = layers.Conv2D(1, 1, name="out_conv", bias_initializer=(
+            "zeros" if self.output_prior == 0.5 else keras.initializers.Constant(
+                math.log(self.output_prior / (1.0 - self.output_prior)))))
         self.out_sigmoid = layers.Activation("sigmoid", dtype="float32", name="out_sigmoid")
 
     def call(self, x, training=None):
@@ -408,7 +418,8 @@ class Segmentator(keras.Model):
         config = super().get_config()
         config.update(channels=self.channels, base_width=self.base_width, depth=self.depth,
                       max_width=self.max_width, norm=self.norm, attention=self.attention,
-                      attention_reduction=self.attention_reduction)
+                      attention_reduction=self.attention_reduction,
+                      output_prior=self.output_prior)
         return config
 
 
@@ -430,5 +441,6 @@ def build_networks(config):
                                   **attention_args)
     segmentator = Segmentator(channels=channels, base_width=m.seg_base_width,
                               depth=m.seg_depth, max_width=2 * m.max_width, norm=m.norm,
-                              name="segmentator", **attention_args)
+                              output_prior=m.seg_output_prior, name="segmentator",
+                              **attention_args)
     return generator, discriminator, segmentator
