@@ -38,3 +38,9 @@ def check_positive_int(name, value):
     """Raises ValueError unless ``value`` is an integer >= 1; the message names ``name``."""
     if int(value) != value or value < 1:
         raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+def check_open_unit_interval(name, value):
+    """Raises ValueError unless 0 < ``value`` < 1; the message names ``name``."""
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name}={value!r} must lie in (0, 1), ends excluded")

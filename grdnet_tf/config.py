@@ -399,9 +399,7 @@ def validate(config) -> None:
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"config {key}={value!r} must lie in [0, 1]")
     for key in OPEN_UNIT_INTERVAL:
-        value = get_value(config, key)
-        if not 0.0 < value < 1.0:
-            raise ValueError(f"config {key}={value!r} must lie in (0, 1), ends excluded")
+        choices.check_open_unit_interval(f"config {key}", get_value(config, key))
     if config.synthesis.beta_min > config.synthesis.beta_max:
         raise ValueError("config synthesis.beta_min must not exceed synthesis.beta_max")
     if not (0 <= config.synthesis.perlin_min_scale_log2 <= config.synthesis.perlin_max_scale_log2):

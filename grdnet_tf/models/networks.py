@@ -367,8 +367,7 @@ class Segmentator(keras.Model):
         choices.check("norm", norm, choices.NORMS)
         choices.check("attention", attention, choices.ATTENTIONS)
         choices.check_positive_int("attention_reduction", attention_reduction)
-        if not 0.0 < output_prior < 1.0:
-            raise ValueError(f"Segmentator output_prior={output_prior!r} must lie in (0, 1)")
+        choices.check_open_unit_interval("Segmentator output_prior", output_prior)
         self.channels = channels
         self.base_width = base_width
         self.depth = depth
@@ -393,8 +392,7 @@ class Segmentator(keras.Model):
         self.out_norm = make_norm(norm, widths[0], "out_norm")
         self.out_act = make_activation("relu", "out_act")
         self.out_conv = layers.Conv2D(1, 1, name="out_conv", bias_initializer=(
-            "zeros" if self.output_prior == 0.5 else keras.initializers.Constant(
-                math.log(self.output_prior / (1.0 - self.output_prior)))))
+            keras.initializers.Constant(math.log(self.output_prior / (1 - self.output_prior)))))
         self.out_sigmoid = layers.Activation("sigmoid", dtype="float32", name="out_sigmoid")
 
     def call(self, x, training=None):
