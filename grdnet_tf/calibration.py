@@ -11,7 +11,9 @@ threshold still comes from whole tiled validation images):
   synthesis (no rotation or flips). A draw whose anomaly
   touches the ROI (M * ROI nonzero) is an anomaly (label 1); a draw whose anomaly lies
   entirely outside the ROI is a normal (label 0: the segmentator is trained to ignore it);
-  a draw without an anomaly repeats a clean image and is left out.
+  a draw without an anomaly repeats a clean image and is left out. The draws' sizes are the
+  training synthesis', or ``scoring.calibration_mask_area_min / max`` when set (the size of
+  the defects expected: real defects are often far smaller than the training anomalies).
 
 `select_kernel` scores the set once per candidate window (the raw maps are computed once;
 only the pooling differs) and keeps the window with the best image AUROC; ties go to the
@@ -42,7 +44,7 @@ import tensorflow as tf
 from absl import logging
 from sklearn import metrics as skm
 
-from grdnet_tf import choices, keys, scoring
+from grdnet_tf import choices, config as config_lib, keys, scoring
 from grdnet_tf.data import pipeline, preprocess, tiling
 from grdnet_tf.evaluation import metrics as metrics_lib
 
@@ -149,10 +151,23 @@ def residual_scale(clean_residuals):
     return scale if scale > 0.0 else 1.0
 
 
+def synthesis_config(config):
+    """`config` with the synthetic anomalies' sizes of the calibration set:
+    ``scoring.calibration_mask_area_min / max`` in place of the training synthesis' when
+    they are set (> 0), else `config` itself."""
+    low, high = (config.scoring.calibration_mask_area_min,
+                 config.scoring.calibration_mask_area_max)
+    if not high:
+        return config
+    return config_lib.with_overrides(config, {"synthesis.mask_area_min": low,
+                                              "synthesis.mask_area_max": high})
+
+
 def calibration_set(model, config, val_cache, texture_cache=None, repeats=4, batch_size=16):
-    """Builds the `CalibrationSet` of `val_cache` (clean images and synthetic draws)."""
-    ds = pipeline.validation_dataset(config, val_cache, batch_size, texture_cache,
-                                     repeats=repeats, stream=CALIBRATION_STREAM)
+    """Builds the `CalibrationSet` of `val_cache` (clean images and synthetic draws; the
+    draws' sizes per `synthesis_config`)."""
+    ds = pipeline.validation_dataset(synthesis_config(config), val_cache, batch_size,
+                                     texture_cache, repeats=repeats, stream=CALIBRATION_STREAM)
     first_pass = pipeline.validation_dataset(config, val_cache, batch_size, texture_cache,
                                              stream=CALIBRATION_STREAM)
     clean = [model_maps(model, batch[keys.IMAGE]) for batch in first_pass]
@@ -307,8 +322,12 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None):
     if selecting or not explicit_pixel or with_residual:
         if log_fn:
             repeats = int(config.scoring.calibration_repeats)
+            low, high = (config.scoring.calibration_mask_area_min,
+                         config.scoring.calibration_mask_area_max)
             log_fn(f"calibration: scoring {len(val_cache)} validation images and {repeats} "
                    "synthetic anomalies of each"
+                   + (f" ({100 * low:g}-{100 * high:g} % of the image, "
+                      "scoring.calibration_mask_area_*)" if high else "")
                    + (" to choose the smoothing window among " + ", ".join(
                        map(str, scoring.candidate_kernels(
                            image_size, config.scoring.smoothing_candidates))) + ","

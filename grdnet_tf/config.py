@@ -274,6 +274,12 @@ def base_config() -> ml_collections.ConfigDict:
     # Candidate windows for "validation", given at 256 px and scaled like the paper's 21.
     c.scoring.smoothing_candidates = (1, 5, 11, 21, 41, 61)
     c.scoring.calibration_repeats = 4  # synthetic draws per validation image for "validation"
+    # Size of the calibration set's synthetic anomalies, as synthesis.mask_area_min / max
+    # (fraction of the image, log-uniform): set it to the defects you expect, when they are
+    # smaller than the training anomalies, so that the map sources and the window are chosen
+    # on anomalies of that size. 0 (default) = the training synthesis' own sizes.
+    c.scoring.calibration_mask_area_min = 0.0
+    c.scoring.calibration_mask_area_max = 0.0
     c.scoring.threshold_quantile = 0.99  # quantile of validation-normal scores: the threshold
     # Pixel threshold of the defect mask (anomaly_mask = smoothed map > it). 0 (default) =
     # calibrated: the pixel F1-max of the smoothed maps of validation normals and synthetic
@@ -427,6 +433,12 @@ def validate(config) -> None:
         raise ValueError("config synthesis.mask_area_min and mask_area_max must satisfy "
                          "0 < mask_area_min <= mask_area_max <= 1 (mask_area_max=0 turns "
                          "the area rule off)")
+    cal_min, cal_max = (config.scoring.calibration_mask_area_min,
+                        config.scoring.calibration_mask_area_max)
+    if (cal_min or cal_max) and not 0 < cal_min <= cal_max <= 1:
+        raise ValueError(f"config scoring.calibration_mask_area_min={cal_min!r} and "
+                         f"calibration_mask_area_max={cal_max!r} must both be 0 (the training "
+                         "synthesis' sizes) or satisfy 0 < min <= max <= 1")
     size = tuple(config.data.image_size)
     if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
         raise ValueError(f"config data.image_size={size!r} must be (height, width) positive ints")

@@ -59,6 +59,10 @@ def test_parse_overrides_requires_key_and_value():
      r"synthesis.texture_\*_weight are all 0"),
     ({"model.seg_output_prior": 0.0}, r"model.seg_output_prior=0.0 must lie in \(0, 1\)"),
     ({"model.seg_output_prior": 1.0}, r"model.seg_output_prior=1.0 must lie in \(0, 1\)"),
+    ({"scoring.calibration_mask_area_min": 0.001},
+     r"scoring.calibration_mask_area_min=0.001 and calibration_mask_area_max=0.0 must"),
+    ({"scoring.calibration_mask_area_min": 0.02, "scoring.calibration_mask_area_max": 0.01},
+     r"scoring.calibration_mask_area_min=0.02 and calibration_mask_area_max=0.01 must"),
 ])
 def test_validate_checks_what_the_data_pipeline_needs(overrides, message):
     with pytest.raises(ValueError, match=message):

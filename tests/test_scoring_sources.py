@@ -211,6 +211,35 @@ def test_calibrate_auto_records_the_choice_and_scores_with_it(demo_category):
     assert "pixel map " + result["pixel_map"] in lines[-1]
 
 
+def test_calibration_mask_area_sets_the_size_of_the_calibration_anomalies(demo_category):
+    """scoring.calibration_mask_area_min / max pin the calibration draws' mask area (min =
+    max: exactly that fraction of the image, as synthesis.mask_area_*), and only theirs:
+    unset, the calibration set uses the training synthesis' config itself."""
+    from grdnet_tf.models import build_grdnet
+    from grdnet_tf.training import train_lib
+    config = config_lib.with_overrides(load_tiny_config(), {
+        "data.val_fraction": 0.3, "data.use_roi": False, "synthesis.anomaly_prob": 1.0})
+    assert calibration.synthesis_config(config) is config
+    data = train_lib.load_train_data(config, demo_category)
+    model = build_grdnet(config)
+    default = calibration.calibration_set(model, config, data.val_cache, repeats=2)
+    small = config_lib.with_overrides(config, {"scoring.calibration_mask_area_min": 0.01,
+                                               "scoring.calibration_mask_area_max": 0.01})
+    assert calibration.synthesis_config(small).synthesis.mask_area_max == 0.01
+    assert small.synthesis.mask_area_max == 0.0              # training synthesis unchanged
+    cal_set = calibration.calibration_set(model, small, data.val_cache, repeats=2)
+    lines = []
+    calibration.calibrate(model, small, data.val_cache, log_fn=lines.append)
+    assert "synthetic anomalies of each (1-1 % of the image" in lines[0]
+    height, width = config.data.image_size
+    areas = cal_set.synthetic_masks.reshape(len(cal_set.synthetic_masks), -1).sum(axis=1)
+    assert len(areas) == 2 * len(data.val_cache)
+    assert set(areas.tolist()) == {round(0.01 * height * width)}
+    default_areas = default.synthetic_masks.reshape(len(default.synthetic_masks), -1).mean(1)
+    assert np.median(default_areas) > 0.03                   # Perlin threshold: larger blobs
+    np.testing.assert_array_equal(cal_set.clean_maps, default.clean_maps)
+
+
 @pytest.fixture(scope="module")
 def sum_run(tmp_path_factory):
     """A tiny run configured with pixel_map=sum, image_map=segmentator and a residual
