@@ -46,6 +46,7 @@ setup(
         "console_scripts": [
             "grdnet-train=grdnet_tf.bin.train:run",
             "grdnet-eval=grdnet_tf.bin.evaluate:run",
+            "grdnet-calibrate=grdnet_tf.bin.calibrate:run",
             "grdnet-predict=grdnet_tf.bin.predict:run",
             "grdnet-export=grdnet_tf.bin.export:run",
             "grdnet-demo-data=grdnet_tf.bin.make_demo_data:run",

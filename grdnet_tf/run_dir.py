@@ -232,12 +232,20 @@ def _flatten(values, prefix=""):
     return flat
 
 
-def config_differences(old_config, new_config, ignore=RESUMABLE_KEYS):
-    """Sorted [(dotted key, old value, new value)] of two configs, without `ignore`."""
+# Key groups that may change on resume too: scoring.* only shape the calibration after
+# training (and grdnet-calibrate rewrites them in config.json).
+RESUMABLE_PREFIXES = ("scoring.",)
+
+
+def config_differences(old_config, new_config, ignore=RESUMABLE_KEYS,
+                       ignore_prefixes=RESUMABLE_PREFIXES):
+    """Sorted [(dotted key, old value, new value)] of two configs, without `ignore` and
+    the keys starting with one of `ignore_prefixes`."""
     old = _flatten(json.loads(config_lib.to_json(old_config)))
     new = _flatten(json.loads(config_lib.to_json(new_config)))
     return [(key, old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
-            if key not in ignore and old.get(key) != new.get(key)]
+            if key not in ignore and not key.startswith(tuple(ignore_prefixes))
+            and old.get(key) != new.get(key)]
 
 
 def resume_mismatches(model_dir, config, record):
@@ -248,9 +256,15 @@ def resume_mismatches(model_dir, config, record):
         return []
     lines = [f"config {key}: {old!r} in {os.path.join(model_dir, CONFIG_JSON)}, now {new!r}"
              for key, old, new in config_differences(load_run_config(model_dir), config)]
+    return lines + data_mismatches(model_dir, record)
+
+
+def data_mismatches(model_dir, record, ignore=()):
+    """Lines naming each field of the data `record` (`data_record`) that differs from the
+    run's data.json, except `ignore`; [] when they agree or there is no data.json."""
     recorded = read_json(os.path.join(model_dir, DATA_JSON))
-    if recorded is not None:
-        lines += [f"data {key}: {recorded.get(key)!r} in {os.path.join(model_dir, DATA_JSON)}"
-                  f", now {record.get(key)!r}" for key in sorted(record)
-                  if recorded.get(key) != record.get(key)]
-    return lines
+    if recorded is None:
+        return []
+    return [f"data {key}: {recorded.get(key)!r} in {os.path.join(model_dir, DATA_JSON)}"
+            f", now {record.get(key)!r}" for key in sorted(record)
+            if key not in ignore and recorded.get(key) != record.get(key)]

@@ -18,8 +18,8 @@ import pytest
 from helpers_config import REPO_ROOT
 
 BIN = os.path.dirname(sys.executable)
-SCRIPTS = ("grdnet-train", "grdnet-eval", "grdnet-predict", "grdnet-export",
-           "grdnet-demo-data", "grdnet-roi")
+SCRIPTS = ("grdnet-train", "grdnet-eval", "grdnet-calibrate", "grdnet-predict",
+           "grdnet-export", "grdnet-demo-data", "grdnet-roi")
 # Lines of TensorFlow's start-up and checkpointing that must not reach the console.
 NOISE = ("oneDNN", "cuInit", "cuda drivers", "absl::InitializeLog", "Sharding callback",
          "cpu_feature_guard", "I0000", "W0000", "E0000")
@@ -60,6 +60,8 @@ HELP = {
     "grdnet-train": ["--config:", "--model_dir:", "--data_dir:", "named config (cpu_small"],
     "grdnet-eval": ["--model_dir:", "--data_dir:", "--output_dir:", "--checkpoint:",
                     "--threshold:", "--batch_size:", "--num_overlays:", "--[no]use_roi:"],
+    "grdnet-calibrate": ["--model_dir:", "--data_dir:", "--checkpoint:",
+                         "scoring.calibration_mask_area_min"],
     "grdnet-predict": ["--model_dir:", "--input:", "--output_dir:", "--[no]heatmaps:",
                        "--[no]skip_bad_files:"],
     "grdnet-export": ["--model_dir:", "--export_dir:", "--version:", "--[no]overwrite:"],
@@ -101,6 +103,10 @@ def test_bad_input_is_one_error_line_with_status_2(tmp_path):
         "export_flag": (["grdnet-export", f"--model_dir={missing}"],
                         "--export_dir is required"),
         "positional": (["grdnet-demo-data", "extra"], "unexpected arguments: extra"),
+        "calibrate_weights_key": (["grdnet-calibrate", f"--model_dir={missing}",
+                                   f"--data_dir={tmp_path}", "--config.model.stages=3"],
+                                  "config override model.stages: grdnet-calibrate changes "
+                                  "scoring.* keys only"),
         "unknown_layout": (["grdnet-train", "--config=tiny", f"--model_dir={tmp_path / 'r'}",
                             f"--data_dir={tmp_path}"], "unknown data layout (found: "),
     }
@@ -151,6 +157,17 @@ def test_short_training_and_evaluation_console(demo_category, tmp_path):
     progress = [line for line in err.splitlines() if line.startswith("scoring test images [")]
     assert progress[-1].startswith("scoring test images [####################] 12/12 images")
     assert out.startswith("image AUROC ") and os.path.isfile(run / "eval" / "metrics.json")
+
+    calibrate = start(["grdnet-calibrate", f"--model_dir={run}", f"--data_dir={demo_category}",
+                       "--config.scoring.threshold_quantile=0.5"], tmp_path)
+    (code, out, err), = outputs({"calibrate": calibrate}).values()
+    assert code == 0, err[-3000:]
+    for noise in NOISE:
+        assert noise not in out + err, (noise, err)
+    assert any(line.startswith("calibration: smoothing window 3 (config); threshold ")
+               for line in err.splitlines()), err
+    assert out.startswith(f"calibrated {run} (") and " (was " in out, out
+    assert os.path.isfile(run / "calibration.previous.json")
 
 
 # Modules whose third-party imports may come from the `edge` extra instead of the core

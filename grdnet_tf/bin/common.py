@@ -131,6 +131,12 @@ def load_config(config_flag):
         fail(str(e))
 
 
+def config_overrides():
+    """The ``--config.KEY=VALUE`` overrides of the command line, {KEY: VALUE} (binaries
+    run with ``takes_config=True``), for binaries that apply them to a run's own config."""
+    return dict(_overrides)
+
+
 def _split_config_overrides(argv):
     """(argv without them, {KEY: VALUE}) of the ``--config.KEY=VALUE`` arguments."""
     from grdnet_tf import config as config_lib
