@@ -2,7 +2,8 @@
 validation data, to show what the per-model choice is worth (docs/results.md); with config
 overrides, re-calibrates with them and scores the test split once.
 
-  .venv/bin/python bench/rescore.py NAME MODEL_DIR DATA_DIR [--recalibrate] [--set=KEY=VALUE]...
+  .venv/bin/python bench/rescore.py NAME MODEL_DIR DATA_DIR [--recalibrate] [--use_roi]
+      [--set=KEY=VALUE]...
 
 The run's own calibration.json says which window the validation split chose; with
 --recalibrate (runs trained before the choice existed) the choice is made again now with
@@ -16,6 +17,10 @@ longer fits the data): the run is then re-calibrated with the overrides on its v
 split (--recalibrate is implied) and the test split is scored once with what calibration
 chose (window, map sources, thresholds); the result holds the test metrics and the chosen
 sources with their validation AUROCs. Writes bench/results/rescore_NAME.json and prints it.
+
+--use_roi scores the test split once with its test ROIs as a hard mask of the maps
+(grdnet-eval --use_roi; the masks of test_roi/, e.g. written by grdnet-roi without looking
+at labels); calibration is unchanged (it uses the run's validation ROIs).
 """
 import dataclasses
 import os
@@ -35,24 +40,27 @@ CALIBRATION_KEYS = ("smoothing_kernel", "smoothing_source", "smoothing_candidate
                     "pixel_map", "pixel_map_source", "pixel_map_candidates", "image_map",
                     "image_map_source", "image_map_candidates", "residual_scale",
                     "threshold", "pixel_threshold", "pixel_f1_validation")
-USAGE = ("usage: bench/rescore.py NAME MODEL_DIR DATA_DIR [--recalibrate] "
+USAGE = ("usage: bench/rescore.py NAME MODEL_DIR DATA_DIR [--recalibrate] [--use_roi] "
          "[--set=KEY=VALUE]...")
 
 
 def parse_flags(args):
-    """(recalibrate, {key: value}) of the flags after DATA_DIR; exits 2 on a bad flag."""
-    recalibrate, overrides = False, {}
+    """(recalibrate, use_roi, {key: value}) of the flags after DATA_DIR; exits 2 on a bad
+    flag."""
+    recalibrate, use_roi, overrides = False, False, {}
     for arg in args:
         if arg == "--recalibrate":
             recalibrate = True
+        elif arg == "--use_roi":
+            use_roi = True
         elif arg.startswith("--set=") and "=" in arg[len("--set="):]:
             key, value = arg[len("--set="):].split("=", 1)
             overrides[key] = value
         else:
             print(f"error: bench/rescore.py: unknown or malformed flag {arg!r} (expected "
-                  f"--recalibrate or --set=KEY=VALUE)\n{USAGE}", file=sys.stderr)
+                  f"--recalibrate, --use_roi or --set=KEY=VALUE)\n{USAGE}", file=sys.stderr)
             sys.exit(2)
-    return recalibrate, overrides
+    return recalibrate, use_roi, overrides
 
 
 def main(argv):
@@ -60,7 +68,7 @@ def main(argv):
         print(USAGE, file=sys.stderr)
         sys.exit(2)
     name, model_dir, data_dir = argv[1:4]
-    recalibrate, overrides = parse_flags(argv[4:])
+    recalibrate, use_roi, overrides = parse_flags(argv[4:])
     run = run_dir.load_for_inference(model_dir)
     cal = run.calibration or {}
     try:
@@ -77,9 +85,9 @@ def main(argv):
         cal = calibration.calibrate(run.model, config, data.val_cache, data.texture_cache,
                                     log_fn=print)
     command = " ".join(["bench/rescore.py"] + argv[1:])
-    if overrides:
+    if overrides or use_roi:
         ceiling.write_result(f"rescore_{name}", score_once(
-            name, model_dir, run, config, cal, data_dir, overrides, command))
+            name, model_dir, run, config, cal, data_dir, overrides, command, use_roi))
         return
     base = scoring.ScoringParams.from_run(config, cal)
     chosen = int(cal["smoothing_kernel"])
@@ -104,12 +112,14 @@ def main(argv):
     ceiling.write_result(f"rescore_{name}", result)
 
 
-def score_once(name, model_dir, run, config, cal, data_dir, overrides, command):
+def score_once(name, model_dir, run, config, cal, data_dir, overrides, command,
+               use_roi=False):
     """The test split scored once with the re-calibrated run (its config with the
-    overrides, the new calibration): test metrics and what calibration chose."""
+    overrides, the new calibration; test ROIs as a hard mask with `use_roi`): test
+    metrics and what calibration chose."""
     run = dataclasses.replace(run, config=config, calibration=cal,
                               threshold=float(cal["threshold"]))
-    scorer = run_scoring.Scorer(run)
+    scorer = run_scoring.Scorer(run, use_roi=use_roi)
     metrics = run_scoring.score_test_split(scorer, data_dir).metrics
     test = {k: metrics.get(k) for k in ONCE_KEYS}
     test["per_defect_image_auroc"] = metrics.get("per_defect_image_auroc")
@@ -117,6 +127,7 @@ def score_once(name, model_dir, run, config, cal, data_dir, overrides, command):
                               if isinstance(v, float)), flush=True)
     return {"benchmark": f"rescore_{name}", "model_dir": model_dir,
             "checkpoint": run.checkpoint_path, "data_dir": data_dir, "overrides": overrides,
+            "use_roi": use_roi,
             "scoring": {"kernel": scorer.params.kernel, "pixel_map": scorer.params.pixel_map,
                         "image_map": scorer.params.image_map,
                         "residual_scale": scorer.params.residual_scale},
