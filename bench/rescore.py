@@ -123,6 +123,7 @@ def score_once(name, model_dir, run, config, cal, data_dir, overrides, command,
     metrics = run_scoring.score_test_split(scorer, data_dir).metrics
     test = {k: metrics.get(k) for k in ONCE_KEYS}
     test["per_defect_image_auroc"] = metrics.get("per_defect_image_auroc")
+    test["folders"] = metrics.get("folders")  # per test folder: count, flagged_rate
     print("test: " + " ".join(f"{k} {v:.4f}" for k, v in test.items()
                               if isinstance(v, float)), flush=True)
     return {"benchmark": f"rescore_{name}", "model_dir": model_dir,
