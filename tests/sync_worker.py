@@ -16,7 +16,7 @@ batches (each replica gets its slice, `train_lib.distributed_train_step`) and wr
 OUT_DIR/result<task>_sync<SYNC>.npz per SYNC:
 every variable of both models (`single/<path>`, `replicated/<path>`; a mirrored variable's
 copy on every replica as `replicated/<path>#<replica>`), the trainable weights before the
-steps (`before/<path>`), the step logs of both (`logs/<single|replicated>/<step>/<name>`)
+steps (`before/<path>`) and after the first (`first/<single|replicated>/<path>`), the step logs of both (`logs/<single|replicated>/<step>/<name>`)
 and the message refusing train.jit_compile with synchronised batch norm under the strategy
 (`jit_compile_error`).
 """
@@ -102,6 +102,10 @@ def run(mode, out_dir, syncs="1", precision="float32"):
                                ("replicated", replicated_step(distributed(batch)))):
                 for key, value in logs.items():
                     arrays[sync][f"logs/{name}/{step}/{key}"] = np.asarray(value)
+            if step == 0:  # one update from identical weights: no amplification yet
+                for name, source in (("single", single), ("replicated", replicated[sync])):
+                    for variable in source.trainable_variables:
+                        arrays[sync][f"first/{name}/{variable.path}"] = variable.numpy()
     for sync, model in replicated.items():
         for name, source in (("single", single), ("replicated", model)):
             for variable in source.variables:

@@ -131,29 +131,35 @@ def test_xla_step_under_two_replicas_computes_what_the_graph_does(results):
     copies = [k for k in plain if k.startswith("replicated/") and "#" in k]
     assert len(copies) == 2 * len(_paths(plain, "/"))
     for key in copies:
-        # Float rounding (XLA fuses and reorders), amplified by three steps at lr 0.5; the
-        # largest differences are ~1e-5 on conv biases before batch norm (gradients ~0).
+        # Float rounding (XLA fuses and reorders), amplified by three steps at lr 0.5: up to
+        # 4.4e-4 on weights of scale 0.26 on an AMD CPU without AVX-512 (~1e-5 on Intel
+        # AVX-512), against SGD updates of ~1e-2 that a wrong replica copy would be off by.
         np.testing.assert_allclose(xla[key], plain[key], rtol=1e-3,
-                                   atol=1e-3 * max(np.abs(plain[key]).max(), 0.1),
+                                   atol=5e-3 * max(np.abs(plain[key]).max(), 0.1),
                                    err_msg=key)
     for step in range(STEPS):
         for name in NORMS + ("generator_loss", "segmentator_loss", "discriminator_loss"):
+            # Step 0 from identical weights; later ones amplify the rounding (3e-4 at step 2
+            # on an AMD CPU without AVX-512).
             np.testing.assert_allclose(float(xla[f"logs/replicated/{step}/{name}"]),
                                        float(plain[f"logs/replicated/{step}/{name}"]),
-                                       rtol=1e-4, err_msg=f"{step} {name}")
+                                       rtol=1e-4 if step == 0 else 2e-3, err_msg=f"{step} {name}")
 
 
 def test_loss_scaled_updates_under_two_replicas_are_summed_once(results):
     # mixed_float16: LossScaleOptimizer(SGD) applies its inner update in threads of its own
     # under MirroredStrategy; gradients summed twice would double every update (a relative
-    # difference of ~1). float16 rounding leaves 5-20 % here.
+    # difference of ~1). The first update is compared, from identical weights: float16
+    # rounding leaves a few % there, while after three steps at lr 0.5 it is amplified
+    # by an amount that depends on the CPU (5-20 % on Intel AVX-512, up to 110 % on the
+    # discriminator on an AMD CPU without AVX-512).
     result = results["mirrored_float16"]
     for net in ("generator", "discriminator", "segmentator"):
         paths = [k[len("before/"):] for k in result if k.startswith(f"before/{net}/")]
-        single = np.sqrt(sum(np.sum((result[f"single/{p}"] - result[f"before/{p}"]) ** 2)
+        single = np.sqrt(sum(np.sum((result[f"first/single/{p}"] - result[f"before/{p}"]) ** 2)
                              for p in paths))
-        apart = np.sqrt(sum(np.sum((result[f"replicated/{p}"] - result[f"single/{p}"]) ** 2)
-                            for p in paths))
+        apart = np.sqrt(sum(np.sum((result[f"first/replicated/{p}"]
+                                    - result[f"first/single/{p}"]) ** 2) for p in paths))
         assert single > 0 and apart / single < 0.3, (net, apart / single)
         np.testing.assert_allclose(float(result[f"logs/replicated/0/{net}_grad_norm"]),
                                    float(result[f"logs/single/0/{net}_grad_norm"]),
