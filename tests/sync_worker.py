@@ -16,7 +16,8 @@ batches (each replica gets its slice, `train_lib.distributed_train_step`) and wr
 OUT_DIR/result<task>_sync<SYNC>.npz per SYNC:
 every variable of both models (`single/<path>`, `replicated/<path>`; a mirrored variable's
 copy on every replica as `replicated/<path>#<replica>`), the trainable weights before the
-steps (`before/<path>`) and after the first (`first/<single|replicated>/<path>`), the step logs of both (`logs/<single|replicated>/<step>/<name>`)
+steps (`before/<path>`) and after the first (`first/<single|replicated>/<path>`), the step
+logs of both (`logs/<single|replicated>/<step>/<name>`)
 and the message refusing train.jit_compile with synchronised batch norm under the strategy
 (`jit_compile_error`).
 """

@@ -3,7 +3,8 @@ retraining (smoothing window, map sources, image and pixel thresholds).
 
   grdnet-calibrate --model_dir=runs/NAME --data_dir=CATEGORY_DIR
       [--config.scoring.calibration_mask_area_min=0.0005
-       --config.scoring.calibration_mask_area_max=0.01 --config.scoring.threshold_quantile=0.995 ...]
+       --config.scoring.calibration_mask_area_max=0.01
+       --config.scoring.threshold_quantile=0.995 ...]
 
 Only scoring.* keys may change (documented in grdnet_tf/config.py); --data_dir must be the
 data the run was trained on (checked against its data.json). calibration.json and
