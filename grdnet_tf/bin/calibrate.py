@@ -11,6 +11,8 @@ data the run was trained on (checked against its data.json). calibration.json an
 config.json are replaced, the current ones kept as calibration.previous.json and
 config.previous.json. Export again afterwards: an export holds the thresholds of its time.
 """
+import os
+
 from absl import flags
 
 from grdnet_tf.bin import common
@@ -26,14 +28,16 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best, latest or a check
 def main(argv):
     common.check_flags(argv, _MODEL_DIR, (_DATA_DIR, "the category folder of the run"))
     with common.quiet_import():  # TensorFlow loads: after the cheap checks
+        from grdnet_tf import run_dir
         from grdnet_tf.training import recalibrate
     try:
-        previous = recalibrate.previous_threshold(_MODEL_DIR.value)
         cal = recalibrate.recalibrate(_MODEL_DIR.value, _DATA_DIR.value,
                                       common.config_overrides(), checkpoint=_CHECKPOINT.value)
     except common.USER_ERRORS as e:
         common.fail(str(e))
-    was = "" if previous is None else f" (was {previous:.4f})"
+    previous = run_dir.read_json(recalibrate.previous_path(
+        os.path.join(_MODEL_DIR.value, run_dir.CALIBRATION_JSON)))
+    was = "" if previous is None else f" (was {previous['threshold']:.4f})"
     print(f"calibrated {_MODEL_DIR.value} ({cal['checkpoint']}): window "
           f"{cal['smoothing_kernel']}, maps {cal.get('pixel_map', 'segmentator')} (pixels) / "
           f"{cal.get('image_map', 'segmentator')} (image score), threshold "

@@ -19,6 +19,8 @@ from absl import logging
 from grdnet_tf import calibration as calibration_lib
 from grdnet_tf import config as config_lib
 from grdnet_tf import run_dir
+from grdnet_tf.data import pipeline
+from grdnet_tf.training import train_lib
 
 SCORING_PREFIX = "scoring."
 PREVIOUS_SUFFIX = ".previous.json"
@@ -27,12 +29,6 @@ PREVIOUS_SUFFIX = ".previous.json"
 def previous_path(path):
     """Where `recalibrate` keeps the file it replaces: x.json -> x.previous.json."""
     return path[:-len(".json")] + PREVIOUS_SUFFIX
-
-
-def previous_threshold(model_dir):
-    """The image threshold of the run's current calibration.json (None without one)."""
-    calibration = run_dir.read_calibration(model_dir) if os.path.isdir(model_dir) else None
-    return None if calibration is None else float(calibration["threshold"])
 
 
 def recalibrate(model_dir, data_dir, overrides=None, checkpoint="best", log_fn=logging.info):
@@ -52,7 +48,6 @@ def recalibrate(model_dir, data_dir, overrides=None, checkpoint="best", log_fn=l
     Raises ValueError for a non-scoring key, a bad value, other data or no validation
     images, and FileNotFoundError for a missing run or checkpoint; nothing is written then.
     """
-    from grdnet_tf.training import train_lib  # TensorFlow-heavy; imported when used
     overrides = dict(overrides or {})
     other = sorted(key for key in overrides if not key.startswith(SCORING_PREFIX))
     if other:
@@ -65,17 +60,19 @@ def recalibrate(model_dir, data_dir, overrides=None, checkpoint="best", log_fn=l
         run = run_dir.load_for_inference(model_dir, checkpoint)
         config = config_lib.with_overrides(run.config, overrides)
         config_lib.validate(config)
-        data = train_lib.load_train_data(config, data_dir)
-        record = run_dir.data_record(data_dir, data.train_samples, data.val_samples)
+        # Indexing is enough for the check; only the validation images are decoded.
+        train_samples, val_samples = train_lib.index_data(config, data_dir)
+        record = run_dir.data_record(data_dir, train_samples, val_samples)
         mismatches = run_dir.data_mismatches(model_dir, record, ignore=("data_dir",))
         if mismatches:
             raise ValueError(f"--data_dir={data_dir} is not the data {model_dir} was trained "
                              "on, so its validation split is not the run's:\n  "
                              + "\n  ".join(mismatches))
-        if not len(data.val_cache):
+        val_cache = train_lib.load_images(config, val_samples)
+        if not len(val_cache):
             raise ValueError(f"--data_dir={data_dir}: no validation images to calibrate on")
-        calibration = calibration_lib.calibrate(run.model, config, data.val_cache,
-                                                data.texture_cache, log_fn=log_fn)
+        calibration = calibration_lib.calibrate(run.model, config, val_cache,
+                                                pipeline.load_textures(config), log_fn=log_fn)
         calibration["checkpoint"] = run.checkpoint_path
         for name in (run_dir.CALIBRATION_JSON, run_dir.CONFIG_JSON):
             path = os.path.join(model_dir, name)

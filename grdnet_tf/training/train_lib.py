@@ -62,10 +62,9 @@ def check_data_dir(data_dir):
                                 f"category folder)")
 
 
-def load_train_data(config, data_dir, layout=None):
-    """Indexes and decodes the training and validation images of `data_dir` (TrainData).
-    `layout`: the one mvtec.detect_layout already found for it (default: config.data.layout,
-    "auto" detects it here)."""
+def index_data(config, data_dir, layout=None):
+    """(training samples, validation samples) of `data_dir`, without decoding an image (ROIs
+    dropped when data.use_roi is off); `layout` as in `load_train_data`."""
     check_data_dir(data_dir)
     kwargs = mvtec.config_kwargs(config)
     if layout is not None:
@@ -74,11 +73,23 @@ def load_train_data(config, data_dir, layout=None):
     if not config.data.use_roi:
         train_samples = [dataclasses.replace(s, roi_path=None) for s in train_samples]
         val_samples = [dataclasses.replace(s, roi_path=None) for s in val_samples]
-    size, channels, skip = (tuple(config.data.image_size), config.data.channels,
-                            config.data.skip_bad_files)
-    scale = float(config.data.patch_scale)
-    train_cache = pipeline.load_cache(train_samples, size, channels, skip, patch_scale=scale)
-    val_cache = pipeline.load_cache(val_samples, size, channels, skip, patch_scale=scale)
+    return train_samples, val_samples
+
+
+def load_images(config, samples):
+    """The decoded image cache of `samples` at the config's size, channels and patch scale."""
+    return pipeline.load_cache(samples, tuple(config.data.image_size), config.data.channels,
+                               config.data.skip_bad_files,
+                               patch_scale=float(config.data.patch_scale))
+
+
+def load_train_data(config, data_dir, layout=None):
+    """Indexes and decodes the training and validation images of `data_dir` (TrainData).
+    `layout`: the one mvtec.detect_layout already found for it (default: config.data.layout,
+    "auto" detects it here)."""
+    train_samples, val_samples = index_data(config, data_dir, layout)
+    train_cache = load_images(config, train_samples)
+    val_cache = load_images(config, val_samples)
     if len(train_cache) < config.train.batch_size:
         raise ValueError(f"{data_dir}: {len(train_cache)} training images, fewer than "
                          f"train.batch_size={config.train.batch_size}")
