@@ -69,7 +69,7 @@ def demo_category(tmp_path_factory):
     from grdnet_tf.data import demo
     return demo.make_demo_dataset(str(tmp_path_factory.mktemp("demo")), seed=0,
                                   image_size=(64, 64), n_train=12, n_test_good=4,
-                                  n_test_defect=4, n_test_outside=4)
+                                  n_test_defect=4, n_test_outside=4, n_validation=0)
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -65,7 +65,7 @@ HELP = {
     "grdnet-predict": ["--model_dir:", "--input:", "--output_dir:", "--[no]heatmaps:",
                        "--[no]skip_bad_files:"],
     "grdnet-export": ["--model_dir:", "--export_dir:", "--version:", "--[no]overwrite:"],
-    "grdnet-demo-data": ["--output_dir:", "--seed:", "--category:"],
+    "grdnet-demo-data": ["--output_dir:", "--seed:", "--category:", "--validation_images:"],
     "grdnet-roi": ["--data_dir:", "--output_dir:", "--template:", "--threshold:",
                    "--[no]overwrite:"],
 }

@@ -9,7 +9,8 @@ import pytest
 
 from grdnet_tf.data import demo, io, mvtec
 
-SMALL = dict(image_size=(64, 64), n_train=6, n_test_good=2, n_test_defect=3, n_test_outside=2)
+SMALL = dict(image_size=(64, 64), n_train=6, n_test_good=2, n_test_defect=3, n_test_outside=2,
+             n_validation=2)
 
 
 def tree_hash(root):
@@ -71,6 +72,27 @@ def test_outside_defects_are_on_the_background():
     assert changed.sum() >= 12 and not (changed & roi.astype(bool)).any()
 
 
+def test_validation_folder_is_the_validation_split(tmp_path):
+    """validation/good (with validation/roi) holds its own normal images; the indexer makes
+    them the validation set and trains on every train/good image."""
+    category = demo.make_demo_dataset(str(tmp_path), seed=3, **SMALL)
+    assert sorted(os.listdir(os.path.join(category, "validation"))) == ["good", "roi"]
+    assert sorted(os.listdir(os.path.join(category, "validation", "good"))) == [
+        "000.png", "001.png"]
+    train, val = mvtec.index_train(category, val_fraction=0.25, seed=0)
+    assert len(train) == 6 and len(val) == 2
+    assert all(os.sep + "validation" + os.sep in s.path for s in val)
+    assert all(s.roi_path is not None for s in train + val)
+    validation = io.read_image(os.path.join(category, "validation", "good", "000.png"))
+    train_image = io.read_image(os.path.join(category, "train", "good", "000.png"))
+    assert validation.shape == train_image.shape and (validation != train_image).any()
+    with open(os.path.join(category, demo.MARKER)) as f:
+        assert "validation/roi/001.png" in f.read().splitlines()
+    with pytest.raises(ValueError, match="n_validation=-1"):
+        demo.make_demo_dataset(str(tmp_path / "bad"), **{**SMALL, "n_validation": -1})
+    assert not os.path.exists(tmp_path / "bad")
+
+
 def test_deterministic_and_seeded(tmp_path):
     a = demo.make_demo_dataset(str(tmp_path / "a"), seed=3, **SMALL)
     b = demo.make_demo_dataset(str(tmp_path / "b"), seed=3, **SMALL)
@@ -93,3 +115,4 @@ def test_binary(tmp_path):
     assert out.stdout.strip().splitlines()[-1] == category
     assert len(os.listdir(os.path.join(category, "train", "good"))) == 120
     assert len(os.listdir(os.path.join(category, "test", "good_outside_roi"))) == 20
+    assert len(os.listdir(os.path.join(category, "validation", "good"))) == 100

@@ -72,7 +72,7 @@ def test_refuses_weight_keys_bad_values_and_other_data_writing_nothing(tiny_run,
         recalibrate.recalibrate(model_dir, demo_category, {"scoring.threshold_quantile": "1.5"})
     other = demo.make_demo_dataset(str(tmp_path / "other"), seed=0, image_size=(64, 64),
                                    n_train=14, n_test_good=1, n_test_defect=1,
-                                   n_test_outside=1)
+                                   n_test_outside=1, n_validation=0)
     with pytest.raises(ValueError, match=r"is not the data .* was trained on, so its "
                                          r"validation split is not the run's:\n  data "
                                          r"fingerprint: "):

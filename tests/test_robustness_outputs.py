@@ -79,7 +79,8 @@ def test_second_evaluation_replaces_the_overlays(random_run, tiny_run, demo_cate
 
 def _small_demo(output_dir, **kwargs):
     return demo.make_demo_dataset(output_dir, image_size=(64, 64), **{
-        "n_train": 2, "n_test_good": 1, "n_test_defect": 2, "n_test_outside": 1, **kwargs})
+        "n_train": 2, "n_test_good": 1, "n_test_defect": 2, "n_test_outside": 1, "n_validation": 0,
+        **kwargs})
 
 
 def test_demo_data_twice_keeps_files_it_did_not_write(tmp_path):

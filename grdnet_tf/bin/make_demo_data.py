@@ -2,6 +2,7 @@
 its category folder.
 
     grdnet-demo-data --output_dir=demo_data [--seed=0] [--category=widget]
+                     [--validation_images=100]
 
 Run again, it reuses an identical dataset, or deletes only the files its marker
 ``DEMO_DATASET.txt`` lists before writing the new ones; files it did not write stop it with
@@ -17,6 +18,10 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", "demo_data",
                                   "Parent folder of the category folder.")
 _SEED = flags.DEFINE_integer("seed", 0, "Generator seed (same seed -> byte-identical files).")
 _CATEGORY = flags.DEFINE_string("category", "widget", "Category folder name.")
+_VALIDATION = flags.DEFINE_integer(
+    "validation_images", 100, "Normal images in validation/good (0: none; training then "
+    "holds data.val_fraction of train/good out). 100 let the 0.99 threshold quantile "
+    "estimate a 1 % false-alarm rate.", lower_bound=0)
 
 
 def main(argv):
@@ -25,7 +30,8 @@ def main(argv):
         from grdnet_tf.data import demo
     try:
         category_dir = demo.make_demo_dataset(_OUTPUT_DIR.value, seed=_SEED.value,
-                                              category=_CATEGORY.value)
+                                              category=_CATEGORY.value,
+                                              n_validation=_VALIDATION.value)
     except common.USER_ERRORS as e:
         common.fail(str(e))
     print(category_dir)

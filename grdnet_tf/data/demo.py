@@ -6,6 +6,8 @@ shapes and lines that changes from image to image. The ROI is the disk. Defects 
 bright blotchy spots and bright grainy scratches. Layout of ``<output_dir>/<category>``::
 
     train/good/NNN.png            normal images           train/roi/NNN.png   disk masks
+    validation/good/NNN.png       normal images held out for the checkpoint choice and the
+                                  threshold              validation/roi/NNN.png
     test/good/NNN.png             normal images
     test/spot/NNN.png, test/scratch/NNN.png   one defect inside the ROI
     ground_truth/<defect>/NNN_mask.png        its pixels (0/255)
@@ -28,7 +30,8 @@ import numpy as np
 
 MARKER = "DEMO_DATASET.txt"
 DEFECTS = ("spot", "scratch")
-_SPLITS = {"train": 0, "test_good": 1, "spot": 2, "scratch": 3, "good_outside_roi": 4}
+_SPLITS = {"train": 0, "test_good": 1, "spot": 2, "scratch": 3, "good_outside_roi": 4,
+           "validation": 5}
 
 
 def _background(rng, height, width, scale):
@@ -164,7 +167,8 @@ def _image(seed, split, index, image_size, defect=None, outside=False):
 
 
 def make_demo_dataset(output_dir, seed=0, image_size=(128, 128), n_train=120, n_test_good=20,
-                      n_test_defect=30, n_test_outside=20, category="widget") -> str:
+                      n_test_defect=30, n_test_outside=20, n_validation=100,
+                      category="widget") -> str:
     """Writes the demo category and returns its folder ``<output_dir>/<category>``.
 
     Args:
@@ -173,6 +177,10 @@ def make_demo_dataset(output_dir, seed=0, image_size=(128, 128), n_train=120, n_
       image_size: (height, width) of the PNG files (128x128 by default; >= 64 each).
       n_train, n_test_good, n_test_defect, n_test_outside: image counts; the defective
         images are split between ``spot`` and ``scratch``.
+      n_validation: normal images in ``validation/good`` (with ROIs). With them the
+        training uses every ``train/good`` image and the threshold is a quantile of 100
+        normals rather than of a 10 % split (12 images: nearly their maximum). 0 writes no
+        validation folder (training then splits data.val_fraction off ``train/good``).
       category: folder name.
     Raises:
       FileExistsError: the category folder holds files that are not part of a demo
@@ -180,10 +188,15 @@ def make_demo_dataset(output_dir, seed=0, image_size=(128, 128), n_train=120, n_
     """
     if min(image_size) < 64:
         raise ValueError(f"image_size={image_size} must be at least 64x64")
+    counts = dict(n_train=n_train, n_test_good=n_test_good, n_test_defect=n_test_defect,
+                  n_test_outside=n_test_outside, n_validation=n_validation)
+    negative = [f"{name}={value}" for name, value in counts.items() if value < 0]
+    if negative:
+        raise ValueError(f"image counts must be >= 0: {', '.join(negative)}")
     category_dir = os.path.join(output_dir, category)
     header = (f"grdnet_tf demo dataset: seed={seed} image_size={tuple(image_size)} "
               f"train={n_train} test_good={n_test_good} test_defect={n_test_defect} "
-              f"test_outside={n_test_outside}")
+              f"test_outside={n_test_outside} validation={n_validation}")
     if _previous_dataset(category_dir, header):
         return category_dir
     os.makedirs(category_dir, exist_ok=True)
@@ -203,6 +216,9 @@ def make_demo_dataset(output_dir, seed=0, image_size=(128, 128), n_train=120, n_
     for i in range(n_train):
         image, roi, _ = _image(seed, "train", i, image_size)
         write("train/good", i, image, roi, "train/roi")
+    for i in range(n_validation):
+        image, roi, _ = _image(seed, "validation", i, image_size)
+        write("validation/good", i, image, roi, "validation/roi")
     for i in range(n_test_good):
         image, roi, _ = _image(seed, "test_good", i, image_size)
         write("test/good", i, image, roi, "test_roi/good")
@@ -234,7 +250,7 @@ def _listed_files(category_dir):
     header = lines[0] if lines else ""
     listed = {line for line in lines[1:] if line and not line.startswith("#")}
     counts = re.search(r"train=(\d+) test_good=(\d+) test_defect=(\d+) test_outside=(\d+)",
-                       header)
+                       header)  # older markers, which wrote no validation folder
     if not listed and counts:  # a marker of an older version: only the arguments
         listed = _planned_files(*(int(c) for c in counts.groups()))
     return header, listed
