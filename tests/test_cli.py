@@ -63,7 +63,7 @@ HELP = {
     "grdnet-calibrate": ["--model_dir:", "--data_dir:", "--checkpoint:",
                          "scoring.calibration_mask_area_min"],
     "grdnet-predict": ["--model_dir:", "--input:", "--output_dir:", "--[no]heatmaps:",
-                       "--[no]skip_bad_files:"],
+                       "--[no]skip_bad_files:", "--roi:"],
     "grdnet-export": ["--model_dir:", "--export_dir:", "--version:", "--[no]overwrite:"],
     "grdnet-demo-data": ["--output_dir:", "--seed:", "--category:", "--validation_images:"],
     "grdnet-roi": ["--data_dir:", "--output_dir:", "--template:", "--threshold:",

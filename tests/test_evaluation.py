@@ -79,6 +79,58 @@ def test_predict_streams_csv_and_heatmaps(tiny_run, demo_category, tmp_path):
     assert high["count"] == 1 and high["flagged"] == 0
 
 
+def test_predict_with_roi_masks_maps_like_score_images(tiny_run, demo_category, tmp_path):
+    """--roi as a folder of masks by stem, or one template for every image: the scores are
+    score_images' with that ROI; a folder lacking a mask stops before anything is written."""
+    folder = os.path.join(demo_category, "test", "good_outside_roi")
+    roi_dir = os.path.join(demo_category, "test_roi", "good_outside_roi")
+    run = run_dir.load_for_inference(tiny_run)
+    params = scoring.ScoringParams.from_run(run.config, run.calibration)
+    decision = scoring.Decision.from_run(run.calibration)
+
+    def rows(output_dir):
+        with open(os.path.join(output_dir, "predictions.csv")) as f:
+            return list(csv.DictReader(f))
+
+    def served(path, roi_path):
+        image = io.read_image(path, None, 3)
+        roi = io.read_mask(roi_path).astype(np.float32)
+        return float(scoring.score_images(run.model, image[None], params, decision,
+                                          roi=roi[None])[keys.ANOMALY_SCORE][0])
+
+    eval_lib.predict(tiny_run, folder, str(tmp_path / "plain"), overlays=False)
+    eval_lib.predict(tiny_run, folder, str(tmp_path / "by_stem"), roi=roi_dir, batch_size=3)
+    plain, by_stem = rows(tmp_path / "plain"), rows(tmp_path / "by_stem")
+    assert [r["path"] for r in by_stem] == [r["path"] for r in plain]
+    for row in by_stem:
+        stem = os.path.splitext(os.path.basename(row["path"]))[0]
+        assert float(row["score"]) == pytest.approx(
+            served(row["path"], os.path.join(roi_dir, stem + ".png")), abs=1e-5)
+    assert any(abs(float(a["score"]) - float(b["score"])) > 1e-4
+               for a, b in zip(plain, by_stem))
+    # One template: the left half of the image only.
+    template = str(tmp_path / "template.png")
+    half = np.zeros((64, 64), np.uint8)
+    half[:, :32] = 255
+    cv2.imwrite(template, half)
+    eval_lib.predict(tiny_run, folder, str(tmp_path / "template"), roi=template)
+    for row in rows(tmp_path / "template"):
+        assert float(row["score"]) == pytest.approx(served(row["path"], template), abs=1e-5)
+        mask = cv2.imread(str(tmp_path / "template" / row["heatmap"].replace(
+            "heatmaps", "masks", 1)), cv2.IMREAD_GRAYSCALE)
+        assert mask.shape == (64, 64) and not mask[:, 32 + 8:].any()
+    partial = tmp_path / "partial_rois"
+    partial.mkdir()
+    cv2.imwrite(str(partial / "000.png"), half)
+    out = tmp_path / "partial"
+    with pytest.raises(ValueError, match=r"--roi=.*partial_rois has no mask <stem>\.\* for "
+                                         r"3 of 4 image\(s\), e.g. .*001.png"):
+        eval_lib.predict(tiny_run, folder, str(out), roi=str(partial))
+    assert not os.path.exists(out)
+    with pytest.raises(FileNotFoundError, match="--roi=.*nowhere: no such mask file or folder"):
+        eval_lib.predict(tiny_run, folder, str(out), roi=str(tmp_path / "nowhere"))
+
+
 def test_predict_bad_inputs(tiny_run, tmp_path):
     with pytest.raises(FileNotFoundError, match="no image files"):
         eval_lib.predict(tiny_run, str(tmp_path / "nothing*.png"), str(tmp_path / "o"))

@@ -1,6 +1,6 @@
 """grdnet-predict: score images with a trained run; CSV (path, score, is_anomalous) + heatmaps.
 
-  grdnet-predict --model_dir=RUN --input='photos/*.png' --output_dir=OUT
+  grdnet-predict --model_dir=RUN --input='photos/*.png' --output_dir=OUT [--roi=MASK|DIR]
 """
 from absl import flags
 
@@ -15,6 +15,10 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best, latest or a check
 _THRESHOLD = flags.DEFINE_float("threshold", None, "Overrides the calibrated threshold.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images per scoring batch.")
 _HEATMAPS = flags.DEFINE_bool("heatmaps", True, "Write a heatmap overlay per image.")
+_ROI = flags.DEFINE_string(
+    "roi", None, "ROI mask: one file for every image (a fixed camera's template, white = "
+    "inspect), or a folder of masks named by image stem (<stem>.*, as grdnet-roi writes "
+    "them). Maps are zero outside it before the image score.")
 _SKIP_BAD = flags.DEFINE_bool("skip_bad_files", False, "Skip unreadable images (warn) "
                               "instead of stopping.")
 
@@ -27,7 +31,7 @@ def main(argv):
         result = eval_lib.predict(_MODEL_DIR.value, _INPUT.value, _OUTPUT_DIR.value,
                                   checkpoint=_CHECKPOINT.value, threshold=_THRESHOLD.value,
                                   batch_size=_BATCH_SIZE.value, overlays=_HEATMAPS.value,
-                                  skip_bad_files=_SKIP_BAD.value)
+                                  skip_bad_files=_SKIP_BAD.value, roi=_ROI.value)
     except common.USER_ERRORS as e:
         common.fail(str(e))
     print(f"{result['count']} image(s) scored, {result['flagged']} anomalous; "

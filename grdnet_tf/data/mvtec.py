@@ -232,6 +232,31 @@ def _attach_rois(paths, rois):
     return [Sample(path=p, roi_path=rois.get(_stem(p))) for p in paths]
 
 
+def samples_with_roi(paths, roi, what="--roi"):
+    """Samples (label 0) for image ``paths`` with an ROI from ``roi``: one mask file for
+    every image (a fixed camera's template), or a folder of masks named by image stem
+    (``<stem>.*``, as grdnet-roi writes them). "" or None: no ROI.
+
+    Raises:
+      FileNotFoundError: ``roi`` does not exist.
+      ValueError: the folder lacks the mask of some image (the first ones are named), or
+        holds two masks of one stem.
+    """
+    if not roi:
+        return [Sample(path=p) for p in paths]
+    if os.path.isfile(roi):
+        return _attach_rois(paths, roi)
+    if not os.path.isdir(roi):
+        raise FileNotFoundError(f"{what}={roi}: no such mask file or folder")
+    rois = _by_stem(roi)
+    missing = [p for p in paths if _stem(p) not in rois]
+    if missing:
+        raise ValueError(f"{what}={roi} has no mask <stem>.* for {len(missing)} of "
+                         f"{len(paths)} image(s), e.g. {', '.join(missing[:3])}; write them "
+                         f"(grdnet-roi) or pass one mask file for every image")
+    return _attach_rois(paths, rois)
+
+
 def _log_roi_counts(train, validation, source):
     """The training log's ROI line: how many images have an ROI and how many do not
     (a warning when some lack one although ROIs were found)."""

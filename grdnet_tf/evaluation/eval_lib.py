@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 
 from grdnet_tf import file_modes, progress, run_dir, run_scoring
-from grdnet_tf.data import io, preprocess
+from grdnet_tf.data import io, mvtec, preprocess
 from grdnet_tf.evaluation import plots, report
 
 
@@ -152,22 +152,28 @@ def heatmap_names(paths):
 
 
 def predict(model_dir, inputs, output_dir, checkpoint="best", threshold=None, batch_size=8,
-            overlays=True, skip_bad_files=False, log_fn=logging.info):
+            overlays=True, skip_bad_files=False, roi=None, log_fn=logging.info):
     """Scores images and streams `predictions.csv` (path, score, is_anomalous,
     normalized_score, heatmap) + one heatmap overlay per image in `heatmaps/` (names:
     `heatmap_names`) + its defect mask in `masks/` (same name; PNG 0/255 at the image's size:
     map > the calibrated pixel threshold, as the SavedModel's anomaly_mask).
+
+    `roi`: one ROI mask for every image (a fixed camera's template) or a folder of masks
+    by image stem (`mvtec.samples_with_roi`); the maps are zero outside it before the image
+    score (as `grdnet-eval --use_roi`), so defects off the part never flag an image. The
+    threshold stays the calibrated one (calibration scores whole validation images).
 
     The CSV and the heatmaps are written into temporaries that replace predictions.csv
     and heatmaps/ only at the end: an interrupted or failed run leaves the previous results
     as they were and no temporaries, and a finished one no heatmaps of earlier inputs.
     """
     run = run_dir.load_for_inference(model_dir, checkpoint)
-    scorer = run_scoring.Scorer(run, threshold=threshold)
+    scorer = run_scoring.Scorer(run, threshold=threshold, use_roi=bool(roi))
     if scorer.threshold is None:
         raise ValueError(f"{model_dir} has no calibrated threshold (calibration.json): pass "
                          f"--threshold")
     paths = expand_inputs(inputs)
+    items = mvtec.samples_with_roi(paths, roi)
     names = heatmap_names(paths)
     os.makedirs(output_dir, exist_ok=True)
     overlay_dir = os.path.join(output_dir, "heatmaps")
@@ -183,7 +189,7 @@ def predict(model_dir, inputs, output_dir, checkpoint="best", threshold=None, ba
             writer.writerow(["path", "score", "is_anomalous", "normalized_score"]
                             + (["heatmap"] if overlays else []))
             for scored in progress.counted(
-                    run_scoring.iter_scored(scorer, paths, batch_size,
+                    run_scoring.iter_scored(scorer, items, batch_size,
                                             skip_bad_files=skip_bad_files),
                     len(paths), "scoring images", log_fn):
                 is_anomalous = scored.anomaly_score > scorer.threshold
