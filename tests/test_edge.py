@@ -158,6 +158,56 @@ def test_bad_format_and_input_size_write_nothing(whole, tmp_path):
     assert not os.path.exists(base)
 
 
+def test_roi_template_is_baked_into_every_format(whole, tmp_path):
+    """--roi: the SavedModel's serving_default, ONNX and LiteRT all score images with the
+    template as score_images(roi=template) does; serve_roi takes the request's ROI instead;
+    a LiteRT export takes the template's size; bad templates and sizes write nothing."""
+    template = np.zeros((96, 80), np.uint8)
+    template[10:70, 8:50] = 255
+    path = str(tmp_path / "template.png")
+    cv2.imwrite(path, template)
+    base = str(tmp_path / "exported")
+    dirs = {name: export_lib.export_run(whole.model_dir, base, export_format=name, roi=path)
+            for name in ("saved_model", "onnx", "litert")}
+    images = _images(2, (96, 80), seed=7)
+    params = scoring.ScoringParams.from_run(whole.loaded.config, whole.loaded.calibration)
+    roi = np.repeat((template > 0)[None].astype(np.float32), 2, axis=0)
+    want = {k: v.numpy() for k, v in export_lib.outputs_of(
+        whole.loaded.model, params, scoring.Decision(0.5), tf.constant(images), roi).items()}
+    plain = _saved_model_outputs(whole.dirs["saved_model"], images)
+    assert np.abs(plain[keys.ANOMALY_SCORE] - want[keys.ANOMALY_SCORE]).max() > 1e-4
+    assert not want[keys.ANOMALY_MAP][:, 90:].any()     # beyond the window of the template
+    for name, version_dir in dirs.items():
+        got = (_saved_model_outputs(version_dir, images) if name == "saved_model" else
+               _edge_outputs(types.SimpleNamespace(dirs={name: version_dir}), name, images))
+        _assert_parity(got, want, scoring.DEFAULT_PIXEL_THRESHOLD, 0.5)
+        meta = export_lib.read_metadata(version_dir)["roi_template"]
+        assert meta["size"] == [96, 80] and meta["coverage"] == pytest.approx(60 * 42 / 7680)
+        assert meta["file"] == path and len(meta["sha256"]) == 64
+    assert export_lib.read_metadata(dirs["litert"])["input_size"] == [96, 80]
+    assert export_lib.read_metadata(whole.dirs["saved_model"])["roi_template"] is None
+    served = tf.saved_model.load(dirs["saved_model"]).signatures
+    everywhere = served["serve_roi"](images=tf.constant(images),
+                                     roi=tf.ones((2, 96, 80), tf.uint8))
+    np.testing.assert_allclose(everywhere[keys.ANOMALY_SCORE].numpy(),
+                               plain[keys.ANOMALY_SCORE], atol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"96x80 ROI template .* must have its aspect ratio"):
+        served["serving_default"](images=tf.constant(_images(1, (64, 64), seed=8)))
+    other = str(tmp_path / "other")
+    with pytest.raises(ValueError, match=r"--input_size=48,48 has another aspect ratio than "
+                                         r"the --roi template \(96x80\)"):
+        export_lib.export_run(whole.model_dir, other, export_format="litert",
+                              input_size=(48, 48), roi=path)
+    black = str(tmp_path / "black.png")
+    cv2.imwrite(black, np.zeros((96, 80), np.uint8))
+    with pytest.raises(ValueError, match=r"--roi=.*black.png covers no pixel"):
+        export_lib.export_run(whole.model_dir, other, roi=black)
+    with pytest.raises(ValueError, match="missing.png"):
+        export_lib.export_run(whole.model_dir, other, roi=str(tmp_path / "missing.png"))
+    assert not os.path.exists(other)
+
+
 # The binary's --format/--input_size error: test_export.py's
 # test_binary_rejects_a_bad_input_size, a subprocess run with that module's other binary runs.
 

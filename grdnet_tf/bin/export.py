@@ -4,7 +4,7 @@ or LiteRT (TFLite) model.
     grdnet-export --model_dir=RUN --export_dir=BASE [--format=saved_model|onnx|litert]
                   [--version=N] [--overwrite] [--checkpoint=best|latest|PATH]
                   [--threshold=FLOAT] [--pixel_threshold=FLOAT] [--input_size=H,W]
-                  [--max_pixels=N]
+                  [--max_pixels=N] [--roi=MASK]
 
 Writes BASE/N/ (N: one more than the largest existing version, 1 for an empty BASE) and
 prints its path. See grdnet_tf/serving/export_lib.py, grdnet_tf/serving/edge.py and
@@ -40,6 +40,10 @@ _INPUT_SIZE = flags.DEFINE_list(
 _MAX_PIXELS = flags.DEFINE_integer(
     "max_pixels", 2 ** 24, "Decoded pixels (height x width, summed over the batch) one "
     "request may hold; larger requests get an InvalidArgument error (export/README.md).")
+_ROI = flags.DEFINE_string(
+    "roi", None, "ROI template (a fixed camera's mask, white = inspect) baked into the "
+    "export: maps are zero outside it before the image score; images must have its aspect "
+    "ratio. A LiteRT export without --input_size then takes the template's size.")
 _PRECISION = flags.DEFINE_enum(
     "precision", "float32", list(choices.PRECISIONS),
     "Compute dtype of the exported networks (float32 weights in every case), as "
@@ -58,7 +62,8 @@ def main(argv):
                                      pixel_threshold=_PIXEL_THRESHOLD.value,
                                      export_format=_FORMAT.value,
                                      input_size=_input_size(),
-                                     max_pixels=_MAX_PIXELS.value, precision=_PRECISION.value)
+                                     max_pixels=_MAX_PIXELS.value, precision=_PRECISION.value,
+                                     roi=_ROI.value)
     except common.USER_ERRORS as e:
         common.fail(str(e))
     print(path)

@@ -45,12 +45,15 @@ def input_spec(input_size=None, batch=None):
     return tf.TensorSpec([batch, height, width, 3], tf.uint8, name=INPUT_NAME)
 
 
-def tensor_function(model, params, decision, spec):
-    """The `serving_default` computation as a tf.function over `spec`."""
+def tensor_function(model, params, decision, spec, roi_template=None):
+    """The `serving_default` computation as a tf.function over `spec` (with the ROI
+    template baked in, when given: export_lib.template_roi)."""
     from grdnet_tf.serving import export_lib
 
     def serve(images):
-        return export_lib.outputs_of(model, params, decision, images)
+        roi = (None if roi_template is None
+               else export_lib.template_roi(roi_template, images, check=False))
+        return export_lib.outputs_of(model, params, decision, images, roi)
 
     return tf.function(serve, input_signature=[spec], autograph=False)
 
@@ -65,26 +68,28 @@ def _edge_module(name, what):
                          f"clone) ({e})") from None
 
 
-def write_onnx(model, params, decision, path, input_size=None):
-    """Converts the scoring graph to ONNX at `path` (free batch and size by default)."""
+def write_onnx(model, params, decision, path, input_size=None, roi_template=None):
+    """Converts the scoring graph to ONNX at `path` (free batch and size by default;
+    `roi_template`: export_lib.read_roi_template's mask, baked in)."""
     tf2onnx = _edge_module("tf2onnx", "the ONNX export")
 
     spec = input_spec(input_size)
-    function = tensor_function(model, params, decision, spec)
+    function = tensor_function(model, params, decision, spec, roi_template)
     tf2onnx.convert.from_function(function, input_signature=[spec], opset=ONNX_OPSET,
                                   output_path=os.fspath(path))
 
 
-def write_litert(model, params, decision, path, input_size, representative=None):
+def write_litert(model, params, decision, path, input_size, representative=None,
+                 roi_template=None):
     """Converts the scoring graph at one size [1, h, w, 3] to a LiteRT flatbuffer at `path`.
 
     `representative`: optional iterable of uint8 [h, w, 3] images (e.g. training normals):
-    int8 post-training quantisation calibrated on them.
+    int8 post-training quantisation calibrated on them. `roi_template`: as write_onnx.
     """
     from grdnet_tf.serving import export_lib
 
     spec = input_spec(input_size, batch=1)
-    function = tensor_function(model, params, decision, spec)
+    function = tensor_function(model, params, decision, spec, roi_template)
     # Through a SavedModel: the converter then keeps the signature with its output names.
     with tempfile.TemporaryDirectory(prefix=".litert-",
                                      dir=os.path.dirname(os.path.abspath(path))) as folder:

@@ -37,6 +37,7 @@ import ctypes
 import datetime
 import errno
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -151,6 +152,57 @@ def check_roi(roi, images):
         same, ["serve_roi: roi must be uint8 [batch, height, width] (nonzero = inside) "
                "matching images [batch, height, width, 3]; got roi shape", shape,
                "images shape", image_shape], summarize=8)])
+
+
+def read_roi_template(path):
+    """An ROI template file (a fixed camera's mask, white = inspect) -> float32 [h, w] in
+    {0, 1}, baked into an export by `template_roi`.
+
+    Raises:
+      io.ImageReadError (a ValueError): the file is missing or not an image.
+      ValueError: the mask covers no pixel (every image would score 0).
+    """
+    from grdnet_tf.data import io
+    mask = io.read_mask(path).astype(np.float32)
+    if not mask.any():
+        raise ValueError(f"--roi={path} covers no pixel (all black): every image would "
+                         f"score 0; white marks the region to inspect")
+    return mask
+
+
+def template_roi(template, images, check=True):
+    """The ROI of `images` [B, h, w, 3] from a baked template (float32 [th, tw]): the
+    template tiled over the batch at its own resolution (`scoring.score_images` maps it
+    onto the model grid with nearest neighbour, as it does a request's ROI).
+
+    `check`: an InvalidArgument error when the images' aspect ratio differs from the
+    template's by more than 1 % (as for ROI files, `io.MaskNotes`): a stretched template
+    would mask the wrong pixels. The edge formats (no assertion ops) check their fixed
+    input size when exported instead (`check_template_size`).
+    """
+    th, tw = (int(v) for v in template.shape)
+    shape = tf.shape(images)
+    roi = tf.tile(tf.constant(template)[tf.newaxis], tf.stack([shape[0], 1, 1]))
+    if not check:
+        return roi
+    runtime = tf.cast(_runtime_shape(images), tf.float64)
+    ratio = (runtime[1] / runtime[2]) / (th / tw)
+    return _checked(roi, [tf.debugging.Assert(
+        tf.abs(ratio - 1.0) <= 0.01,
+        [f"this export masks images with a {th}x{tw} ROI template (grdnet-export --roi): "
+         f"images must have its aspect ratio (within 1 %); got images shape",
+         _runtime_shape(images)], summarize=8)])
+
+
+def check_template_size(template, input_size):
+    """ValueError when a fixed edge input size (h, w) has another aspect ratio than the
+    ROI template (float32 [th, tw]); None input size: nothing to check."""
+    if template is None or input_size is None:
+        return
+    (th, tw), (h, w) = template.shape, input_size
+    if abs((h / w) / (th / tw) - 1.0) > 0.01:
+        raise ValueError(f"--input_size={h},{w} has another aspect ratio than the --roi "
+                         f"template ({th}x{tw}); pass an input size of the camera's images")
 
 
 def check_image_bytes(image_bytes):
@@ -283,13 +335,15 @@ def decode_images(image_bytes, max_pixels=DEFAULT_MAX_PIXELS):
 
 def outputs_of(model, params, decision, images, roi=None):
     """The exported outputs of `scoring.score_images` (reconstruction as uint8 RGB); the
-    edge formats (grdnet_tf/serving/edge.py) return the same."""
+    edge formats (grdnet_tf/serving/edge.py) return the same. `roi`: [B, h, w] (any
+    resolution of the images' aspect ratio) or None."""
     out = scoring.score_images(model, images, params, decision, roi=roi)
     out[keys.RECONSTRUCTION] = to_uint8_rgb(out[keys.RECONSTRUCTION])
     return {key: out[key] for key in OUTPUTS}
 
 
-def serving_functions(model, params, threshold, max_pixels=DEFAULT_MAX_PIXELS):
+def serving_functions(model, params, threshold, max_pixels=DEFAULT_MAX_PIXELS,
+                      roi_template=None):
     """The three signature functions of the export, as tf.functions with None dimensions.
 
     Args:
@@ -298,6 +352,9 @@ def serving_functions(model, params, threshold, max_pixels=DEFAULT_MAX_PIXELS):
         threshold: `scoring.Decision` (or a float image threshold: score > threshold is
             anomalous, default pixel threshold and span).
         max_pixels: decoded pixels (height x width over the batch) one request may hold.
+        roi_template: optional float32 [h, w] mask (`read_roi_template`) that
+            serving_default and serve_bytes apply to every image; serve_roi applies the
+            request's ROI instead.
 
     Returns {signature name: tf.function}, serving_default first.
     """
@@ -305,6 +362,8 @@ def serving_functions(model, params, threshold, max_pixels=DEFAULT_MAX_PIXELS):
                 else scoring.Decision(float(threshold)))
 
     def outputs(images, roi=None):
+        if roi is None and roi_template is not None:
+            roi = template_roi(roi_template, images)
         return outputs_of(model, params, decision, images, roi)
 
     max_pixels = int(max_pixels)
@@ -438,6 +497,14 @@ def _metadata(loaded, params, decision, threshold_source, version, model_dir,
     }
 
 
+def _template_metadata(path, template):
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return {"file": os.path.abspath(path), "sha256": digest,
+            "size": [int(v) for v in template.shape],
+            "coverage": float(template.mean())}
+
+
 def _write_metadata(version_dir, metadata):
     os.makedirs(os.path.join(version_dir, METADATA_DIR), exist_ok=True)
     run_dir.write_json(os.path.join(version_dir, METADATA_DIR, METADATA_JSON), metadata)
@@ -492,7 +559,8 @@ def _edge():
     return edge
 
 
-def _writer(export_format, model, params, decision, input_size, functions):
+def _writer(export_format, model, params, decision, input_size, functions,
+            roi_template=None):
     """A function writing the model files of `export_format` into a version folder
     (`functions`: the SavedModel's serving functions)."""
     if export_format == "saved_model":
@@ -502,7 +570,7 @@ def _writer(export_format, model, params, decision, input_size, functions):
     write = {"onnx": edge.write_onnx, "litert": edge.write_litert}[export_format]
     return lambda folder: write(model, params, decision,
                                 os.path.join(folder, edge.FILENAMES[export_format]),
-                                input_size=input_size)
+                                input_size=input_size, roi_template=roi_template)
 
 
 def _check_format(export_format, input_size, config):
@@ -556,9 +624,10 @@ class ExportLock:
         os.close(self._fd)  # releases the flock
 
 
-def check_finite_model(loaded, functions, params):
+def check_finite_model(loaded, functions, params, probe_size=None):
     """ValueError when the restored weights hold NaN/Inf or give a non-finite score for a
-    mid-grey image: a model whose scores are NaN flags no image (NaN > threshold is False)."""
+    mid-grey image (of `probe_size`, default the model input size): a model whose scores
+    are NaN flags no image (NaN > threshold is False)."""
     variables = [v for net in (loaded.model.generator.encoder, loaded.model.generator.decoder,
                                loaded.model.segmentator) for v in net.variables]
     bad = [v.path for v in variables if not np.isfinite(np.asarray(v.numpy())).all()]
@@ -567,7 +636,7 @@ def check_finite_model(loaded, functions, params):
         raise ValueError(f"{where} holds non-finite weights ({len(bad)} tensors, e.g. "
                          f"{', '.join(bad[:3])}): refusing to export a model that scores "
                          f"NaN; resume or retrain the run (or pick --checkpoint)")
-    grey = tf.fill([1, *params.image_size, 3], tf.constant(128, tf.uint8))
+    grey = tf.fill([1, *(probe_size or params.image_size), 3], tf.constant(128, tf.uint8))
     out = functions["serving_default"](grey)
     score = float(out[keys.ANOMALY_SCORE][0])
     if not (math.isfinite(score) and np.isfinite(out[keys.ANOMALY_MAP].numpy()).all()):
@@ -577,7 +646,8 @@ def check_finite_model(loaded, functions, params):
 
 def export_run(model_dir, export_dir, version=None, overwrite=False, checkpoint="best",
                threshold=None, pixel_threshold=None, export_format="saved_model",
-               input_size=None, max_pixels=DEFAULT_MAX_PIXELS, precision="float32"):
+               input_size=None, max_pixels=DEFAULT_MAX_PIXELS, precision="float32",
+               roi=None):
     """Exports a trained run as ``<export_dir>/<version>`` and returns that path.
 
     Args:
@@ -596,6 +666,11 @@ def export_run(model_dir, export_dir, version=None, overwrite=False, checkpoint=
         precision: dtype policy of the exported networks (`choices.PRECISIONS`, as
             train.precision): float32, or float32 weights computing in bfloat16/float16;
             outputs and scoring stay float32.
+        roi: optional ROI template file (a fixed camera's mask, white = inspect) baked
+            into the export: every image's maps are zero outside it before its score, as
+            grdnet-predict --roi does (SavedModel: serving_default and serve_bytes;
+            serve_roi takes the request's ROI instead; ONNX and LiteRT: their one input).
+            Images must have the template's aspect ratio.
 
     Flags are validated before the model is loaded and before anything is written; on any
     failure no version folder and no temporary folder is left behind.
@@ -608,15 +683,17 @@ def export_run(model_dir, export_dir, version=None, overwrite=False, checkpoint=
     calibration = run_dir.read_calibration(model_dir)
     threshold_value, _ = _resolve_threshold(threshold, calibration, model_dir)
     _resolve_decision(threshold_value, pixel_threshold, calibration)
-    _check_format(export_format, input_size, config)
+    checked_size = _check_format(export_format, input_size, config)
     _check_version(os.path.abspath(export_dir), version, overwrite)
     _check_max_pixels(max_pixels)
     choices.check("precision", precision, choices.PRECISIONS)
+    if roi:
+        check_template_size(read_roi_template(roi), checked_size)
     loaded = _load_at_precision(model_dir, checkpoint, precision)
     return export_model(loaded, export_dir, version=version, overwrite=overwrite,
                         threshold=threshold, model_dir=model_dir,
                         pixel_threshold=pixel_threshold, export_format=export_format,
-                        input_size=input_size, max_pixels=max_pixels)
+                        input_size=input_size, max_pixels=max_pixels, roi=roi)
 
 
 def _check_max_pixels(max_pixels):
@@ -637,7 +714,7 @@ def _load_at_precision(model_dir, checkpoint, precision):
 
 def export_model(loaded, export_dir, version=None, overwrite=False, threshold=None,
                  model_dir="", pixel_threshold=None, export_format="saved_model",
-                 input_size=None, max_pixels=DEFAULT_MAX_PIXELS):
+                 input_size=None, max_pixels=DEFAULT_MAX_PIXELS, roi=None):
     """Exports an already restored run (a ``run_dir.LoadedRun``); see export_run.
 
     `threshold` and `pixel_threshold` override ``loaded.calibration``; `model_dir` is
@@ -653,11 +730,17 @@ def export_model(loaded, export_dir, version=None, overwrite=False, threshold=No
     _check_max_pixels(max_pixels)
     _check_version(export_dir, version, overwrite)
     params = scoring.ScoringParams.from_run(loaded.config, loaded.calibration)
+    template = read_roi_template(roi) if roi else None
     if export_format == "litert" and input_size is None:
         input_size = _edge().default_input_size(params)
-    functions = serving_functions(loaded.model, params, decision, max_pixels)
-    check_finite_model(loaded, functions, params)
-    write = _writer(export_format, loaded.model, params, decision, input_size, functions)
+        if template is not None:  # the template's size: the camera's aspect ratio
+            input_size = tuple(int(v) for v in template.shape)
+    check_template_size(template, input_size)
+    functions = serving_functions(loaded.model, params, decision, max_pixels, template)
+    check_finite_model(loaded, functions, params,
+                       probe_size=None if template is None else template.shape)
+    write = _writer(export_format, loaded.model, params, decision, input_size, functions,
+                    template)
     os.makedirs(export_dir, exist_ok=True)
     with ExportLock(export_dir):
         repair_interrupted_overwrite(export_dir)
@@ -665,6 +748,8 @@ def export_model(loaded, export_dir, version=None, overwrite=False, threshold=No
         metadata = _metadata(loaded, params, decision, threshold_source, version, model_dir,
                              export_format, pixel_source, input_size)
         metadata["max_pixels"] = int(max_pixels)
+        metadata["roi_template"] = None if template is None else _template_metadata(
+            roi, template)
         return _write_version(export_dir, version, overwrite, write, metadata)
 
 
