@@ -80,10 +80,12 @@ def main(argv):
         print(f"error: bench/rescore.py --set: {error}", file=sys.stderr)
         sys.exit(2)
     if recalibrate or overrides or "smoothing_kernel" not in cal:
+        from grdnet_tf.data import pipeline
         from grdnet_tf.training import train_lib
-        data = train_lib.load_train_data(config, data_dir)
-        cal = calibration.calibrate(run.model, config, data.val_cache, data.texture_cache,
-                                    log_fn=print)
+        # Only the validation images are decoded (as grdnet-calibrate does).
+        val_cache = train_lib.load_images(config, train_lib.index_data(config, data_dir)[1])
+        cal = calibration.calibrate(run.model, config, val_cache,
+                                    pipeline.load_textures(config), log_fn=print)
     command = " ".join(["bench/rescore.py"] + argv[1:])
     if overrides or use_roi:
         ceiling.write_result(f"rescore_{name}", score_once(
