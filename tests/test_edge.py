@@ -167,7 +167,7 @@ def test_roi_template_is_baked_into_every_format(whole, tmp_path):
     path = str(tmp_path / "template.png")
     cv2.imwrite(path, template)
     base = str(tmp_path / "exported")
-    dirs = {name: export_lib.export_run(whole.model_dir, base, export_format=name, roi=path)
+    dirs = {name: _export(whole.loaded, base, whole.model_dir, export_format=name, roi=path)
             for name in ("saved_model", "onnx", "litert")}
     images = _images(2, (96, 80), seed=7)
     params = scoring.ScoringParams.from_run(whole.loaded.config, whole.loaded.calibration)
@@ -177,8 +177,10 @@ def test_roi_template_is_baked_into_every_format(whole, tmp_path):
     plain = _saved_model_outputs(whole.dirs["saved_model"], images)
     assert np.abs(plain[keys.ANOMALY_SCORE] - want[keys.ANOMALY_SCORE]).max() > 1e-4
     assert not want[keys.ANOMALY_MAP][:, 90:].any()     # beyond the window of the template
+    served = tf.saved_model.load(dirs["saved_model"]).signatures
     for name, version_dir in dirs.items():
-        got = (_saved_model_outputs(version_dir, images) if name == "saved_model" else
+        got = ({k: v.numpy() for k, v in served["serving_default"](
+                   images=tf.constant(images)).items()} if name == "saved_model" else
                _edge_outputs(types.SimpleNamespace(dirs={name: version_dir}), name, images))
         _assert_parity(got, want, scoring.DEFAULT_PIXEL_THRESHOLD, 0.5)
         meta = export_lib.read_metadata(version_dir)["roi_template"]
@@ -186,7 +188,6 @@ def test_roi_template_is_baked_into_every_format(whole, tmp_path):
         assert meta["file"] == path and len(meta["sha256"]) == 64
     assert export_lib.read_metadata(dirs["litert"])["input_size"] == [96, 80]
     assert export_lib.read_metadata(whole.dirs["saved_model"])["roi_template"] is None
-    served = tf.saved_model.load(dirs["saved_model"]).signatures
     everywhere = served["serve_roi"](images=tf.constant(images),
                                      roi=tf.ones((2, 96, 80), tf.uint8))
     np.testing.assert_allclose(everywhere[keys.ANOMALY_SCORE].numpy(),
