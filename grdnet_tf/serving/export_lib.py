@@ -182,7 +182,9 @@ def template_roi(template, images, check=True):
     """
     th, tw = (int(v) for v in template.shape)
     shape = tf.shape(images)
-    roi = tf.tile(tf.constant(template)[tf.newaxis], tf.stack([shape[0], 1, 1]))
+    # uint8 in the graph: a camera-size mask costs one byte per pixel in the export.
+    constant = tf.constant(np.asarray(template > 0, np.uint8))
+    roi = tf.tile(constant[tf.newaxis], tf.stack([shape[0], 1, 1]))
     if not check:
         return roi
     runtime = tf.cast(_runtime_shape(images), tf.float64)
