@@ -115,6 +115,9 @@ def test_predict_with_roi_masks_maps_like_score_images(tiny_run, demo_category, 
     cv2.imwrite(template, half)
     eval_lib.predict(tiny_run, folder, str(tmp_path / "template"), roi=template)
     for row in rows(tmp_path / "template"):
+        picture = cv2.imread(str(tmp_path / "template" / row["heatmap"]))
+        assert (picture[4:60, 31] == 255).all()       # the ROI outline, white
+        assert not (picture[4:60, 40] == 255).all(axis=-1).any()
         assert float(row["score"]) == pytest.approx(served(row["path"], template), abs=1e-5)
         mask = cv2.imread(str(tmp_path / "template" / row["heatmap"].replace(
             "heatmaps", "masks", 1)), cv2.IMREAD_GRAYSCALE)

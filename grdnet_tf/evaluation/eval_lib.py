@@ -35,6 +35,15 @@ def _overlay(scored, gt_mask_path=None):
     return plots.overlay(scored.image, amap, gt)
 
 
+def _native_roi(scored, cache):
+    """The ROI of a scored sample at its image's size (nearest neighbour), read once per
+    file."""
+    path, shape = scored.sample.roi_path, scored.image.shape[:2]
+    if (path, shape) not in cache:
+        cache[(path, shape)] = io.read_mask(path, shape)
+    return cache[(path, shape)]
+
+
 def _safe_name(path):
     parts = os.path.normpath(path).split(os.sep)
     return "_".join(parts[-2:]).rsplit(".", 1)[0] + ".png"
@@ -160,8 +169,9 @@ def predict(model_dir, inputs, output_dir, checkpoint="best", threshold=None, ba
 
     `roi`: one ROI mask for every image (a fixed camera's template) or a folder of masks
     by image stem (`mvtec.samples_with_roi`); the maps are zero outside it before the image
-    score (as `grdnet-eval --use_roi`), so defects off the part never flag an image. The
-    threshold stays the calibrated one (calibration scores whole validation images).
+    score (as `grdnet-eval --use_roi`), so defects off the part never flag an image; the
+    heatmaps outline it in white. The threshold stays the calibrated one (calibration
+    scores whole validation images).
 
     The CSV and the heatmaps are written into temporaries that replace predictions.csv
     and heatmaps/ only at the end: an interrupted or failed run leaves the previous results
@@ -174,6 +184,7 @@ def predict(model_dir, inputs, output_dir, checkpoint="best", threshold=None, ba
                          f"--threshold")
     paths = expand_inputs(inputs)
     items = mvtec.samples_with_roi(paths, roi)
+    roi_masks = {}  # ROI file -> its mask (a template is read once)
     names = heatmap_names(paths)
     os.makedirs(output_dir, exist_ok=True)
     overlay_dir = os.path.join(output_dir, "heatmaps")
@@ -201,7 +212,11 @@ def predict(model_dir, inputs, output_dir, checkpoint="best", threshold=None, ba
                     for folder in (staging, mask_staging):
                         os.makedirs(os.path.dirname(os.path.join(folder, name)),
                                     exist_ok=True)
-                    plots.save_png(os.path.join(staging, name), _overlay(scored))
+                    picture = _overlay(scored)
+                    if roi:
+                        plots.draw_outline(picture, _native_roi(scored, roi_masks),
+                                           plots.ROI_CONTOUR_RGB, "ROI")
+                    plots.save_png(os.path.join(staging, name), picture)
                     native = native_map(scored.anomaly_map, scored.image.shape)
                     plots.save_png(os.path.join(mask_staging, name),
                                    scorer.decision.mask(native).numpy() * np.uint8(255))

@@ -24,6 +24,7 @@ from grdnet_tf import file_modes, heatmap
 
 
 GT_CONTOUR_RGB = (0, 255, 0)       # ground-truth contour colour in overlays
+ROI_CONTOUR_RGB = (255, 255, 255)  # the inspected region's outline (grdnet-predict --roi)
 
 
 def _as_rgb_uint8(image) -> np.ndarray:
