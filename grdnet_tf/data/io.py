@@ -27,6 +27,16 @@ from absl import logging
 from grdnet_tf import choices
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# Largest relative difference of aspect ratio between a mask and its image (resized to it);
+# more means the mask belongs to another image or crop.
+ASPECT_TOLERANCE = 0.01
+
+
+def aspect_ratios_differ(shape, other) -> bool:
+    """True when (height, width) `shape` and `other` differ in aspect ratio by more than
+    ASPECT_TOLERANCE (relative)."""
+    (h, w), (oh, ow) = shape[:2], other[:2]
+    return abs((h / w) / (oh / ow) - 1.0) > ASPECT_TOLERANCE
 
 
 class ImageReadError(ValueError):
@@ -191,7 +201,7 @@ class MaskNotes:
     def check(self, path, mask_shape, binary, image_shape):
         if image_shape is not None and tuple(mask_shape) != tuple(image_shape[:2]):
             (mh, mw), (h, w) = mask_shape, image_shape[:2]
-            if abs((mh / mw) / (h / w) - 1.0) > 0.01:
+            if aspect_ratios_differ(mask_shape, image_shape):
                 raise ValueError(f"{self.what} mask {path} is {mw}x{mh} (width x height), its "
                                  f"image is {w}x{h}: another aspect ratio, so the mask does "
                                  f"not belong to this image; fix or remove it")

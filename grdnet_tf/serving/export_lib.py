@@ -52,6 +52,7 @@ from absl import logging
 
 from grdnet_tf import config as config_lib
 from grdnet_tf import choices, file_modes, heatmap, keys, run_dir, scoring
+from grdnet_tf.data import io
 
 METADATA_DIR = "assets.extra"          # TF Serving convention: not read by the server
 METADATA_JSON = "grdnet.json"
@@ -162,7 +163,6 @@ def read_roi_template(path):
       io.ImageReadError (a ValueError): the file is missing or not an image.
       ValueError: the mask covers no pixel (every image would score 0).
     """
-    from grdnet_tf.data import io
     mask = io.read_mask(path).astype(np.float32)
     if not mask.any():
         raise ValueError(f"--roi={path} covers no pixel (all black): every image would "
@@ -190,7 +190,7 @@ def template_roi(template, images, check=True):
     runtime = tf.cast(_runtime_shape(images), tf.float64)
     ratio = (runtime[1] / runtime[2]) / (th / tw)
     return _checked(roi, [tf.debugging.Assert(
-        tf.abs(ratio - 1.0) <= 0.01,
+        tf.abs(ratio - 1.0) <= io.ASPECT_TOLERANCE,
         [f"this export masks images with a {th}x{tw} ROI template (grdnet-export --roi): "
          f"images must have its aspect ratio (within 1 %); got images shape",
          _runtime_shape(images)], summarize=8)])
@@ -202,7 +202,7 @@ def check_template_size(template, input_size):
     if template is None or input_size is None:
         return
     (th, tw), (h, w) = template.shape, input_size
-    if abs((h / w) / (th / tw) - 1.0) > 0.01:
+    if io.aspect_ratios_differ(input_size, template.shape):
         raise ValueError(f"--input_size={h},{w} has another aspect ratio than the --roi "
                          f"template ({th}x{tw}); pass an input size of the camera's images")
 
