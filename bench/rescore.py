@@ -39,7 +39,8 @@ ONCE_KEYS = KEYS + ("pixel_auroc_roi", "aupro_roi", "image_f1_max", "false_alarm
 CALIBRATION_KEYS = ("smoothing_kernel", "smoothing_source", "smoothing_candidates",
                     "pixel_map", "pixel_map_source", "pixel_map_candidates", "image_map",
                     "image_map_source", "image_map_candidates", "residual_scale",
-                    "threshold", "pixel_threshold", "pixel_f1_validation")
+                    "threshold", "pixel_threshold", "pixel_f1_validation",
+                    "image_baseline", "image_baseline_source", "image_baseline_candidates")
 USAGE = ("usage: bench/rescore.py NAME MODEL_DIR DATA_DIR [--recalibrate] [--use_roi] "
          "[--set=KEY=VALUE]...")
 
@@ -82,10 +83,15 @@ def main(argv):
     if recalibrate or overrides or "smoothing_kernel" not in cal:
         from grdnet_tf.data import pipeline
         from grdnet_tf.training import train_lib
-        # Only the validation images are decoded (as grdnet-calibrate does).
-        val_cache = train_lib.load_images(config, train_lib.index_data(config, data_dir)[1])
+        # Only the validation images are decoded (as grdnet-calibrate does), and the
+        # training images where the image baseline needs them.
+        train_samples, val_samples = train_lib.index_data(config, data_dir)[:2]
+        val_cache = train_lib.load_images(config, val_samples)
+        baseline_cache = (train_lib.load_images(config, train_samples)
+                          if config.scoring.image_baseline != "none" else None)
         cal = calibration.calibrate(run.model, config, val_cache,
-                                    pipeline.load_textures(config), log_fn=print)
+                                    pipeline.load_textures(config), log_fn=print,
+                                    baseline_cache=baseline_cache)
     command = " ".join(["bench/rescore.py"] + argv[1:])
     if overrides or use_roi:
         ceiling.write_result(f"rescore_{name}", score_once(
@@ -134,7 +140,8 @@ def score_once(name, model_dir, run, config, cal, data_dir, overrides, command,
             "scoring": {"kernel": scorer.params.kernel, "pixel_map": scorer.params.pixel_map,
                         "image_map": scorer.params.image_map,
                         "residual_scale": scorer.params.residual_scale},
-            "calibration": {k: cal.get(k) for k in CALIBRATION_KEYS}, "test": test,
+            "calibration": {k: v for k, v in run_dir.calibration_record(cal).items()
+                            if k in CALIBRATION_KEYS}, "test": test,
             "command": command}
 
 

@@ -32,6 +32,11 @@ image_map "auto" the (source, window) pair with the best image AUROC is chosen j
 (ties: the segmentator, then the window rule above); with pixel_map "auto" the source
 with the best pixel AUROC of the raw maps, as the pixel metrics are computed (ties: the
 segmentator).
+Image baseline (``scoring.image_baseline``, `scoring.ImageBaseline`): with "position" or
+"auto", the image map of every training image (normals; `baseline_cache`) is computed once
+and its per-pixel mean and floored standard deviation kept; "auto" adds the standardised
+image map of each source to the joint choice (ties: no baseline). The validation images
+never enter the statistics, so their scores and the threshold stay out-of-sample.
 The thresholds and the span then use the chosen maps. In patch mode all of this is done on
 the patch-level set (per-patch residuals, scale from the clean patches); the image
 threshold still comes from whole tiled validation images scored with the chosen maps.
@@ -198,15 +203,19 @@ def calibration_set(model, config, val_cache, texture_cache=None, repeats=4, bat
         residual_scale=residual_scale(clean_residuals))
 
 
-def image_scores(maps, kernel, batch_size=64):
+def image_scores(maps, kernel, batch_size=64, baseline=None):
     """Image scores [N] of raw maps (an [N, H, W] array, or a list of [h, w] maps of any
-    sizes) with a smoothing window."""
+    sizes) with a smoothing window, standardised first by an optional
+    `scoring.ImageBaseline`."""
     if not isinstance(maps, np.ndarray):
         return np.asarray([float(scoring.image_score(scoring.smooth(
             tf.constant(m[None]), kernel))[0]) for m in maps], np.float32)
     scores = []
     for start in range(0, len(maps), batch_size):
-        smoothed = scoring.smooth(tf.constant(maps[start:start + batch_size]), kernel)
+        chunk = tf.constant(maps[start:start + batch_size])
+        if baseline is not None:
+            chunk = baseline.standardize(chunk)
+        smoothed = scoring.smooth(chunk, kernel)
         scores.append(scoring.image_score(smoothed).numpy())
     return np.concatenate(scores) if scores else np.zeros((0,), np.float32)
 
@@ -247,19 +256,54 @@ def select_image_map(cal_set, sources, candidates, reference):
     source (`choices.MAP_SOURCES` order: the segmentator first), then to the window
     closest to `reference`.
     """
+    source, _, kernel, aurocs = select_image_scoring(cal_set, sources, candidates, reference)
+    return source, kernel, aurocs["none"]
+
+
+def select_image_scoring(cal_set, sources, candidates, reference, baselines=None,
+                         options=("none",)):
+    """The (source, image baseline, window) triple with the best image AUROC on `cal_set`.
+
+    `options`: the image baselines to try, "none" and / or "position" (then `baselines`
+    gives each source's `scoring.ImageBaseline`). Returns (source, option, kernel,
+    {option: {source: {kernel: auroc or None}}}). Ties go to the earlier option, then to
+    the earlier source, then to the window closest to `reference`.
+    """
     labels = cal_set.labels
     if labels.min(initial=1) == labels.max(initial=0):
-        return sources[0], reference, {s: {k: None for k in candidates} for s in sources}
+        return sources[0], options[0], reference, {
+            o: {s: {k: None for k in candidates} for s in sources} for o in options}
     aurocs = {}
-    for source in sources:
-        maps = cal_set.source_maps(source)
-        aurocs[source] = {kernel: float(skm.roc_auc_score(labels, image_scores(maps, kernel)))
-                          for kernel in candidates}
-    best = max(v for row in aurocs.values() for v in row.values())
-    winners = [(i, abs(k - reference), k, s) for i, s in enumerate(sources)
-               for k, v in aurocs[s].items() if v >= best - 1e-12]
-    _, _, kernel, source = min(winners)
-    return source, kernel, aurocs
+    for option in options:
+        aurocs[option] = {}
+        for source in sources:
+            maps = cal_set.source_maps(source)
+            baseline = baselines[source] if option == scoring.POSITION else None
+            aurocs[option][source] = {
+                kernel: float(skm.roc_auc_score(labels, image_scores(maps, kernel,
+                                                                     baseline=baseline)))
+                for kernel in candidates}
+    best = max(v for table in aurocs.values() for row in table.values() for v in row.values())
+    winners = [(j, i, abs(k - reference), k, s, o)
+               for j, o in enumerate(options) for i, s in enumerate(sources)
+               for k, v in aurocs[o][s].items() if v >= best - 1e-12]
+    *_, kernel, source, option = min(winners)
+    return source, option, kernel, aurocs
+
+
+def image_baselines(model, config, baseline_cache, sources, residual_scale, log_fn=None):
+    """{source: `scoring.ImageBaseline`} of the image maps of `baseline_cache` (the
+    training images: normals the calibration set never uses), one model pass."""
+    if baseline_cache is None or len(baseline_cache) < 2:
+        raise ValueError(f"config scoring.image_baseline="
+                         f"{config.scoring.image_baseline!r} needs the training images "
+                         f"(at least 2) for the per-pixel normal statistics")
+    seg, residual = raw_maps(model, preprocess.to_unit(baseline_cache.images))
+    if log_fn:
+        log_fn(f"calibration: per-pixel statistics of the image map over "
+               f"{len(baseline_cache)} training images (scoring.image_baseline)")
+    return {source: scoring.ImageBaseline.from_maps(
+        scoring.source_map(source, seg, residual, residual_scale)) for source in sources}
 
 
 def select_pixel_map(cal_set, sources, kernel):
@@ -297,16 +341,21 @@ def pixel_threshold(cal_set, kernel, source=scoring.SEGMENTATOR):
     return float(threshold), f1
 
 
-def calibrate(model, config, val_cache, texture_cache=None, log_fn=None):
+def calibrate(model, config, val_cache, texture_cache=None, log_fn=None,
+              baseline_cache=None):
     """Chooses the smoothing window (per `scoring.smoothing_kernel`), the map sources (per
-    `scoring.pixel_map` / `scoring.image_map`), the image threshold, the pixel threshold
-    (per `scoring.pixel_threshold`) and the normalised score's span.
+    `scoring.pixel_map` / `scoring.image_map`), the image baseline (per
+    `scoring.image_baseline`, from `baseline_cache`: the training images), the image
+    threshold, the pixel threshold (per `scoring.pixel_threshold`) and the normalised
+    score's span.
 
     Returns the ``calibration.json`` payload: threshold, quantile, smoothing_kernel and how
     it was chosen, the candidates' validation AUROCs, pixel_map / image_map (how chosen, the
     candidates' validation AUROCs under "auto"), residual_scale, the number of normals and
     synthetic anomalies, the clean normals' scores, pixel_threshold (source, validation F1)
-    and normalization (min, max).
+    and normalization (min, max); with scoring.image_baseline other than "none", also
+    image_baseline (its arrays in memory: `run_dir.write_calibration` stores them) and how
+    it was chosen.
     """
     if len(val_cache) == 0:
         raise ValueError("cannot calibrate a threshold: the validation split is empty")
@@ -318,8 +367,11 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None):
     wanted = {key: config.scoring.get(key, scoring.SEGMENTATOR)
               for key in ("pixel_map", "image_map")}
     with_residual = any(v != scoring.SEGMENTATOR for v in wanted.values())
+    wanted_baseline = config.scoring.image_baseline
+    options = ((scoring.POSITION,) if wanted_baseline == scoring.POSITION
+               else ("none", scoring.POSITION) if wanted_baseline == "auto" else ("none",))
     cal_set = None
-    if selecting or not explicit_pixel or with_residual:
+    if selecting or not explicit_pixel or with_residual or wanted_baseline != "none":
         if log_fn:
             repeats = int(config.scoring.calibration_repeats)
             low, high = (config.scoring.calibration_mask_area_min,
@@ -343,11 +395,18 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None):
         kernel, source, candidates = reference, "image_size", (reference,)
     else:
         candidates = scoring.candidate_kernels(image_size, config.scoring.smoothing_candidates)
-    image_map, image_aurocs = image_sources[0], {}
-    if selecting or len(image_sources) > 1:   # (source, window) jointly
-        image_map, chosen, image_aurocs = select_image_map(cal_set, image_sources,
-                                                           candidates, reference)
+    baselines = None
+    if wanted_baseline != "none":
+        baselines = image_baselines(model, config, baseline_cache, image_sources,
+                                    cal_set.residual_scale, log_fn)
+    image_map, image_option, image_aurocs, option_aurocs = (image_sources[0], options[0],
+                                                            {}, {})
+    if selecting or len(image_sources) > 1 or len(options) > 1:   # jointly
+        image_map, image_option, chosen, option_aurocs = select_image_scoring(
+            cal_set, image_sources, candidates, reference, baselines, options)
+        image_aurocs = option_aurocs[image_option]
     aurocs = image_aurocs.get(image_map, {}) if selecting else {}
+    baseline = baselines[image_map] if image_option == scoring.POSITION else None
     if selecting:
         kernel = chosen
         source = "validation" if any(v is not None for v in aurocs.values()) else "image_size"
@@ -357,15 +416,18 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None):
         # anomalib's convention) are computed on the raw map.
         pixel_map, pixel_aurocs = select_pixel_map(cal_set, cal_set.sources(), 1)
     scale = cal_set.residual_scale if cal_set is not None else 1.0
-    params = dataclasses.replace(scoring.ScoringParams.from_run(config), kernel=int(kernel),
-                                 pixel_map=pixel_map, image_map=image_map)
+    params = dataclasses.replace(
+        scoring.ScoringParams.from_run(config_lib.with_overrides(
+            config, {"scoring.image_baseline": "none"})),
+        kernel=int(kernel), pixel_map=pixel_map, image_map=image_map,
+        image_baseline=baseline)
     if params.uses_residual:
         params = dataclasses.replace(params, residual_scale=scale)
     if selecting and not tiling.patch_mode(config):
         clean_maps = cal_set.clean_source_maps(image_map)
     else:
         clean_maps = normal_maps(model, config, val_cache, params)
-    scores = image_scores(clean_maps, kernel).tolist()
+    scores = image_scores(clean_maps, kernel, baseline=baseline).tolist()
     quantile = float(config.scoring.threshold_quantile)
     threshold = scoring.calibrate_threshold(scores, quantile)
     result = {
@@ -385,6 +447,8 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None):
             s: {str(k): v for k, v in row.items()} for s, row in image_aurocs.items()}
     if wanted["pixel_map"] == "auto":
         result["pixel_map_candidates"] = pixel_aurocs
+    if wanted_baseline != "none":
+        result.update(_baseline_entries(baseline, image_map, wanted_baseline, option_aurocs))
     warning = threshold_support_warning(len(scores), quantile)
     if warning:
         result["warning"] = warning
@@ -399,6 +463,8 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None):
                       f"{k}: {_fmt(v)}" for k, v in aurocs.items())
                      if aurocs else "") + ")")
         maps = _map_line(result, kernel)
+        if wanted_baseline != "none":
+            maps = (maps + "; " if maps else "") + _baseline_line(result, kernel)
         log_fn(f"calibration: {chosen}; {maps + '; ' if maps else ''}threshold "
                f"{threshold:.4f} = quantile {quantile} of {len(scores)} validation normals; "
                f"pixel threshold {result['pixel_threshold']:.4f} "
@@ -446,6 +512,36 @@ def _map_line(result, kernel):
     return "; ".join(parts)
 
 
+def _baseline_entries(baseline, image_map, wanted, option_aurocs):
+    """calibration.json entries of the image baseline: the baseline (None when "auto"
+    chose none), how it was chosen, and under "auto" each option's validation AUROCs."""
+    entries = {"image_baseline": None if baseline is None else {
+        "mean": baseline.mean, "std": baseline.std, "num_images": baseline.num_images,
+        "std_floor": baseline.std_floor, "image_map": image_map,
+        "statistics_from": "training images"},
+        "image_baseline_source": "config" if wanted != "auto" else _map_source(
+            wanted, {(o, s): row for o, table in option_aurocs.items()
+                     for s, row in table.items()})}
+    if wanted == "auto":
+        entries["image_baseline_candidates"] = {
+            option: {s: {str(k): v for k, v in row.items()} for s, row in table.items()}
+            for option, table in option_aurocs.items()}
+    return entries
+
+
+def _baseline_line(result, kernel):
+    """The log's account of the image baseline."""
+    line = (f"image baseline {'position' if result['image_baseline'] else 'none'} "
+            f"({result['image_baseline_source']}")
+    candidates = result.get("image_baseline_candidates")
+    if candidates:
+        image_map = result["image_map"]
+        line += f", validation image AUROC of the {image_map} map at window {kernel} " + \
+            ", ".join(f"{o}: {_fmt(t.get(image_map, {}).get(str(kernel)))}"
+                      for o, t in candidates.items())
+    return line + ")"
+
+
 def _pixel_and_span(cal_set, params, explicit_pixel, normal_scores):
     """calibration.json entries of the defect mask (params.pixel_map) and of the normalised
     score (params.image_map)."""
@@ -456,7 +552,8 @@ def _pixel_and_span(cal_set, params, explicit_pixel, normal_scores):
         source = "validation_f1" if f1 is not None else "default"
     scores = list(normal_scores)
     if cal_set is not None:
-        scores += image_scores(cal_set.source_maps(params.image_map), params.kernel).tolist()
+        scores += image_scores(cal_set.source_maps(params.image_map), params.kernel,
+                               baseline=params.image_baseline).tolist()
     return {"pixel_threshold": value, "pixel_threshold_source": source,
             "pixel_f1_validation": f1,
             "normalization": {"min": float(np.min(scores)), "max": float(np.max(scores)),

@@ -33,6 +33,7 @@ ALLOWED = {
     "scoring.smoothing_auto": choices.SMOOTHING_AUTO,
     "scoring.pixel_map": choices.MAP_CHOICES,
     "scoring.image_map": choices.MAP_CHOICES,
+    "scoring.image_baseline": choices.IMAGE_BASELINE_CHOICES,
     "data.layout": choices.LAYOUTS,
 }
 
@@ -299,6 +300,22 @@ def base_config() -> ml_collections.ConfigDict:
     # A run whose calibration.json has no choice scores with "segmentator".
     c.scoring.pixel_map = "segmentator"
     c.scoring.image_map = "segmentator"
+    # What the image map is compared with before the smoothing and the max (the pixel
+    # outputs and metrics are never changed; not in the paper):
+    #   "none" (default, the paper): the map itself;
+    #   "position": the map as a deviation from what normal images score at the same
+    #     place, (map - mean) / max(std, median std), mean and std per pixel of the image
+    #     map over the training images (normals) at calibration, std floored at its median
+    #     over the image so that a place where normals never vary (the background) does not
+    #     turn noise into a score. For fixed-camera lines, where every part sits in the same
+    #     place and a highlight or an edge that is always bright would otherwise set every
+    #     image's maximum (docs/method.md §5); whole-image mode only;
+    #   "auto": "none" or "position", chosen at calibration jointly with image_map and the
+    #     window by validation image AUROC (normals against synthetic anomalies, never the
+    #     test split); ties go to "none".
+    # The statistics live in the run folder (image_baseline-<hash>.npz, named in
+    # calibration.json) and are baked into every export.
+    c.scoring.image_baseline = "none"
     return c
 
 def get_value(config, dotted):
@@ -468,6 +485,10 @@ def validate(config) -> None:
     if config.data.patch_stride and not config.data.patch_scale:
         raise ValueError("config data.patch_stride is set but data.patch_scale is 0 (patches "
                          "are off)")
+    if config.scoring.get("image_baseline", "none") != "none" and config.data.patch_scale:
+        raise ValueError(f"config scoring.image_baseline={config.scoring.image_baseline!r} "
+                         "needs whole images (data.patch_scale=0): in patch mode a place in "
+                         "the model input is not a place on the part")
 
 
 def freeze(config) -> ml_collections.FrozenConfigDict:

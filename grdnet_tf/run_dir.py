@@ -11,11 +11,15 @@ Training writes it; evaluation, prediction and export read it. Layout of ``--mod
   best/                the checkpoint with the best validation loss (max_to_keep=1) and
                        best.json {epoch, step, metric, value, val_total_loss}
   calibration.json     the threshold calibrated on validation normals
+  image_baseline-<hash>.npz   the image map's per-pixel normal statistics, when
+                       scoring.image_baseline uses them (named in calibration.json; never
+                       overwritten, so calibration.previous.json keeps its own)
   history.json         per-epoch train/validation metrics and learning rates
   logs/train, logs/validation   TensorBoard event files
 """
 import dataclasses
 import errno
+import io
 import fcntl
 import glob
 import hashlib
@@ -24,6 +28,7 @@ import os
 import shutil
 import socket
 
+import numpy as np
 import tensorflow as tf
 
 from grdnet_tf import config as config_lib
@@ -89,8 +94,63 @@ def load_run_config(model_dir):
                          f"restore it or train into a new --model_dir") from e
 
 
+IMAGE_BASELINE_KEY = "image_baseline"
+_BASELINE_ARRAYS = ("mean", "std")
+
+
+def calibration_record(calibration):
+    """`calibration` as JSON: the image baseline's arrays left out (their file, hash and
+    shape stay). What calibration.json, export metadata and benchmark results hold."""
+    if calibration is None:
+        return None
+    record = dict(calibration)
+    entry = record.get(IMAGE_BASELINE_KEY)
+    if entry is not None:
+        record[IMAGE_BASELINE_KEY] = {k: v for k, v in entry.items()
+                                      if k not in _BASELINE_ARRAYS}
+    return record
+
+
+def write_calibration(model_dir, calibration):
+    """Writes ``calibration.json`` atomically; an image baseline's arrays go first into
+    ``image_baseline-<sha256[:12]>.npz`` (atomic, never overwritten), which the JSON names
+    with its hash. Sets the entry's "file" and "sha256" in `calibration` too."""
+    entry = calibration.get(IMAGE_BASELINE_KEY)
+    if entry is not None and entry.get("mean") is not None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **{k: np.asarray(entry[k], np.float32) for k in _BASELINE_ARRAYS})
+        payload = buffer.getvalue()
+        digest = hashlib.sha256(payload).hexdigest()
+        name = f"image_baseline-{digest[:12]}.npz"
+        path = os.path.join(model_dir, name)
+        if not os.path.isfile(path):
+            with open(path + ".tmp", "wb") as f:
+                f.write(payload)
+            os.replace(path + ".tmp", path)
+        entry.update(file=name, sha256=digest, shape=list(np.shape(entry["mean"])))
+    write_json(os.path.join(model_dir, CALIBRATION_JSON), calibration_record(calibration))
+
+
 def read_calibration(model_dir):
-    return read_json(os.path.join(model_dir, CALIBRATION_JSON))
+    """calibration.json of the run (None when absent), with the image baseline's arrays
+    loaded into its entry ("mean", "std"); ValueError naming the file when the baseline
+    file is missing or is not the one calibration.json names."""
+    calibration = read_json(os.path.join(model_dir, CALIBRATION_JSON))
+    entry = (calibration or {}).get(IMAGE_BASELINE_KEY)
+    if entry is None or not entry.get("file"):
+        return calibration
+    path = os.path.join(model_dir, os.path.basename(entry["file"]))
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} (the image baseline named in {CALIBRATION_JSON}) is "
+                         "missing: restore it or recalibrate the run (grdnet-calibrate)")
+    with open(path, "rb") as f:
+        payload = f.read()
+    if hashlib.sha256(payload).hexdigest() != entry.get("sha256"):
+        raise ValueError(f"{path} is not the image baseline {CALIBRATION_JSON} names (its "
+                         "sha256 differs): restore it or recalibrate the run")
+    with np.load(io.BytesIO(payload)) as arrays:
+        entry.update({k: arrays[k] for k in _BASELINE_ARRAYS})
+    return calibration
 
 
 def find_checkpoint(model_dir, which="best"):

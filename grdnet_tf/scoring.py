@@ -9,6 +9,8 @@ Pipeline (docs/method.md §5), all TensorFlow ops so it runs inside a SavedModel
     -> `source_map`: the pixel map and the image map, each the segmentator map A (the
        paper, default), the residual R_n = clip(R / residual_scale, 0, 1) with
        R = mean over channels |X - X̂|, or their mean 0.5 (A + R_n) (`ScoringParams`)
+    -> optional `ImageBaseline` (scoring.image_baseline="position"): the image map as a
+       deviation from normal images at the same place, (map - mean) / std per pixel
     -> `smooth`: mean over a k x k window, stride 1, the map zero outside the image (the
        padding counts, as in DRAEM): a defect scores the same wherever it lies; TF's SAME
        average pooling divides by the valid pixels only, which smooths the border less and
@@ -102,6 +104,62 @@ def source_map(name, seg, residual, scale):
     return 0.5 * (tf.convert_to_tensor(seg, tf.float32) + normalised)
 
 
+POSITION = "position"   # scoring.image_baseline
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ImageBaseline:
+    """What normal images score at each place of the image map (scoring.image_baseline=
+    "position", docs/method.md §5): the image score is then taken from
+    (map - mean) / std, how unusual the map is *for that place*, so that a specular
+    highlight or an edge that is high on every normal part stops setting the maximum.
+
+    Args:
+        mean, std: float32 [H, W] at the model input size, the per-pixel mean and the
+            floored standard deviation (`from_maps`) of the image map over normal images.
+        num_images: how many normals they come from.
+        std_floor: the floor applied to std (its median over the image).
+    """
+    mean: np.ndarray
+    std: np.ndarray
+    num_images: int = 0
+    std_floor: float = 0.0
+
+    def __post_init__(self):
+        mean, std = np.asarray(self.mean), np.asarray(self.std)
+        if mean.ndim != 2 or mean.shape != std.shape:
+            raise ValueError(f"ImageBaseline mean {mean.shape} and std {std.shape} must be "
+                             f"[H, W] maps of one shape")
+        if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+            raise ValueError("ImageBaseline mean must be finite and std finite and > 0")
+        object.__setattr__(self, "mean", mean.astype(np.float32))
+        object.__setattr__(self, "std", std.astype(np.float32))
+
+    @classmethod
+    def from_maps(cls, maps):
+        """The baseline of normal images' maps [N, H, W] (N >= 2): per-pixel mean and
+        standard deviation, the latter floored at its median over the image."""
+        maps = np.asarray(maps, np.float64)
+        if maps.ndim != 3 or len(maps) < 2:
+            raise ValueError(f"ImageBaseline needs the maps of at least 2 normal images, "
+                             f"got an array of shape {maps.shape}")
+        std = maps.std(axis=0)
+        floor = float(np.median(std))
+        if not floor > 0:   # normals that never vary: any deviation is unusual
+            floor = max(float(std.max()), 1e-6)
+        return cls(mean=maps.mean(axis=0), std=np.maximum(std, floor),
+                   num_images=len(maps), std_floor=floor)
+
+    @property
+    def shape(self):
+        return tuple(self.mean.shape)
+
+    def standardize(self, image_map):
+        """(map - mean) / std of maps [..., H, W] (numpy or TF input, TF output)."""
+        image_map = tf.convert_to_tensor(image_map, tf.float32)
+        return (image_map - tf.constant(self.mean)) / tf.constant(self.std)
+
+
 @dataclasses.dataclass(frozen=True)
 class ScoringParams:
     """Everything that turns a model's maps into scores (and what an export records).
@@ -115,6 +173,8 @@ class ScoringParams:
         pixel_map: the map of the pixel outputs (`choices.MAP_SOURCES`, never "auto").
         image_map: the map whose smoothed max is the image score.
         residual_scale: the residual's normalisation (1.0 when no map uses it).
+        image_baseline: optional `ImageBaseline` of the image map (whole-image mode, at
+            image_size): the image score is taken from the map standardised by it.
     """
     image_size: tuple
     channels: int
@@ -124,6 +184,7 @@ class ScoringParams:
     pixel_map: str = SEGMENTATOR
     image_map: str = SEGMENTATOR
     residual_scale: float = 1.0
+    image_baseline: ImageBaseline | None = None
 
     def __post_init__(self):
         choices.check("ScoringParams.pixel_map", self.pixel_map, choices.MAP_SOURCES)
@@ -131,6 +192,13 @@ class ScoringParams:
         if not 0.0 < self.residual_scale < math.inf:
             raise ValueError(f"ScoringParams.residual_scale={self.residual_scale!r} must be "
                              f"a finite number > 0")
+        if self.image_baseline is not None:
+            if self.patch_scale > 0:
+                raise ValueError("ScoringParams.image_baseline needs whole-image scoring "
+                                 "(patch_scale=0)")
+            if self.image_baseline.shape != tuple(self.image_size):
+                raise ValueError(f"ScoringParams.image_baseline is {self.image_baseline.shape}"
+                                 f", the model input {tuple(self.image_size)}")
 
     @property
     def uses_residual(self):
@@ -147,7 +215,8 @@ class ScoringParams:
                    kernel=resolve_kernel(config, calibration),
                    patch_scale=float(config.data.patch_scale) if patches else 0.0,
                    patch_stride=tiling.patch_stride(config) if patches else 0,
-                   pixel_map=pixel_map, image_map=image_map, residual_scale=residual_scale)
+                   pixel_map=pixel_map, image_map=image_map, residual_scale=residual_scale,
+                   image_baseline=resolve_image_baseline(config, calibration))
 
 
 DEFAULT_PIXEL_THRESHOLD = 0.5   # the segmentator's own decision boundary (sigmoid output)
@@ -226,6 +295,26 @@ def resolve_maps(config, calibration=None):
     return names[0], names[1], scale
 
 
+def resolve_image_baseline(config, calibration=None):
+    """The `ImageBaseline` of the run, or None: scoring.image_baseline "none" gives None;
+    "position" and "auto" give calibration.json's baseline (its arrays loaded by
+    `run_dir.read_calibration`), None for "auto" when calibration chose none; "position"
+    without one is a ValueError (calibrate the run first)."""
+    wanted = config.scoring.image_baseline
+    if wanted == "none":
+        return None
+    entry = (calibration or {}).get("image_baseline")
+    if entry is None or entry.get("mean") is None:
+        if wanted == "auto":
+            return None
+        raise ValueError("config scoring.image_baseline='position' but the run's "
+                         "calibration.json has no image baseline: recalibrate "
+                         "(grdnet-calibrate) with that setting")
+    return ImageBaseline(mean=entry["mean"], std=entry["std"],
+                         num_images=int(entry.get("num_images", 0)),
+                         std_floor=float(entry.get("std_floor", 0.0)))
+
+
 def _scored_maps(seg, images, reconstruction, params, roi):
     """The one path from raw maps to outputs: ROI-masks the segmentator map (and the
     residual of `images` against `reconstruction`, when a map uses it), takes the pixel
@@ -245,8 +334,16 @@ def _scored_maps(seg, images, reconstruction, params, roi):
         raw = source_map(name, seg, residual, params.residual_scale)
         return raw, smooth(raw if batched else raw[tf.newaxis], params.kernel)
     raw, smoothed = raw_and_smoothed(params.pixel_map)
-    image_smoothed = (smoothed if params.image_map == params.pixel_map
-                      else raw_and_smoothed(params.image_map)[1])
+    if params.image_baseline is not None:
+        image_raw = (raw if params.image_map == params.pixel_map
+                     else source_map(params.image_map, seg, residual, params.residual_scale))
+        image_raw = params.image_baseline.standardize(image_raw)
+        image_smoothed = smooth(image_raw if batched else image_raw[tf.newaxis],
+                                params.kernel)
+    elif params.image_map == params.pixel_map:
+        image_smoothed = smoothed
+    else:
+        image_smoothed = raw_and_smoothed(params.image_map)[1]
     score = image_score(image_smoothed)
     if not batched:
         smoothed, score = smoothed[0], score[0]

@@ -519,9 +519,10 @@ def _train_locked(config, data_dir, layout, model_dir, strategy, chief, task_id,
         if best:
             run_dir.inference_checkpoint(model).restore(best).expect_partial()
         calibration = calibration_lib.calibrate(model, config, data.val_cache,
-                                                data.texture_cache, log_fn=log_fn)
+                                                data.texture_cache, log_fn=log_fn,
+                                                baseline_cache=data.train_cache)
         calibration["checkpoint"] = best
-        run_dir.write_json(os.path.join(model_dir, run_dir.CALIBRATION_JSON), calibration)
+        run_dir.write_calibration(model_dir, calibration)
     elif chief:
         logging.warning("no validation images: no threshold calibrated; pass --threshold to "
                         "grdnet-eval/grdnet-export")
@@ -530,6 +531,6 @@ def _train_locked(config, data_dir, layout, model_dir, strategy, chief, task_id,
     return {"model_dir": model_dir, "epochs": int(state.epoch), "steps": int(state.step),
             "resumed_from": resumed_from, "best_val_loss": float(state.best_val_loss),
             "threshold": None if calibration is None else calibration["threshold"],
-            "calibration": calibration,
+            "calibration": run_dir.calibration_record(calibration),
             "last_train_logs": last_logs, "checkpoint": manager.latest_checkpoint,
             "logs_dir": os.path.join(model_dir, run_dir.LOGS_DIR), "model": model}
