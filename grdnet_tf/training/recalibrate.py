@@ -86,4 +86,4 @@ def recalibrate(model_dir, data_dir, overrides=None, checkpoint="best", log_fn=l
                 os.replace(tmp, previous_path(path))
         run_dir.write_calibration(model_dir, calibration)
         run_dir.write_run_config(config, model_dir)
-    return calibration
+    return run_dir.calibration_record(calibration)
