@@ -86,6 +86,9 @@ def tiny_run(tmp_path_factory, demo_category):
     config = ml_collections.ConfigDict(load_config_file(os.path.join(REPO, "configs",
                                                                      "tiny.py")))
     config.train.eval_every_epochs = 1  # learning-curve logging is exercised here too
+    # The per-place image baseline too: calibration.json names its .npz, and evaluation,
+    # prediction, recalibration and every export of this run read it.
+    config.scoring.image_baseline = "position"
     config = freeze(config)
     model_dir = str(tmp_path_factory.mktemp("tiny_run"))
     train_lib.train(config, demo_category, model_dir)

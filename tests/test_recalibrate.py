@@ -62,18 +62,24 @@ def test_scoring_overrides_reach_calibration_and_config(tiny_run, demo_category,
 
 def test_an_image_baseline_is_written_beside_calibration_json(tiny_run, demo_category,
                                                               tmp_path):
-    """scoring.image_baseline=position: the training images' statistics go to a hashed
-    .npz named in calibration.json; the run then scores with them."""
+    """tiny_run trains with scoring.image_baseline=position: the training images'
+    statistics are in a hashed .npz named in calibration.json, and the run scores with
+    them. Recalibrating with "none" drops them from calibration.json; the file stays for
+    calibration.previous.json."""
     model_dir = _copy(tiny_run, tmp_path)
-    new = recalibrate.recalibrate(model_dir, demo_category,
-                                  {"scoring.image_baseline": "position"})
     entry = _read(model_dir, run_dir.CALIBRATION_JSON)["image_baseline"]
-    assert entry == new["image_baseline"] and entry["file"].startswith("image_baseline-")
+    assert entry["file"].startswith("image_baseline-") and len(entry["sha256"]) == 64
     assert entry["num_images"] == _read(model_dir, run_dir.DATA_JSON)["train_images"]
-    assert "image_baseline" not in _read(model_dir, "calibration.previous.json")
     run = run_dir.load_for_inference(model_dir)
     assert run.calibration["image_baseline"]["mean"].shape == tuple(
         run.config.data.image_size)
+    new = recalibrate.recalibrate(model_dir, demo_category,
+                                  {"scoring.image_baseline": "none"})
+    assert "image_baseline" not in new
+    assert "image_baseline" not in _read(model_dir, run_dir.CALIBRATION_JSON)
+    assert _read(model_dir, "calibration.previous.json")["image_baseline"] == entry
+    assert os.path.isfile(os.path.join(model_dir, entry["file"]))
+    assert run_dir.load_for_inference(model_dir).config.scoring.image_baseline == "none"
 
 
 def test_refuses_weight_keys_bad_values_and_other_data_writing_nothing(tiny_run, demo_category,

@@ -56,7 +56,9 @@ def test_trained_run_calibrates_pixel_threshold_and_span(tiny_run):
     assert 0.0 < cal["pixel_threshold"] < 1.0 and 0.0 < cal["pixel_f1_validation"] <= 1.0
     span = cal["normalization"]
     assert span["min"] <= min(cal["scores"]) and span["max"] >= max(cal["scores"])
-    assert span["min"] < cal["threshold"] < span["max"]
+    # tiny_run has one validation normal, its score the threshold; with the image baseline
+    # it is also the lowest score of the calibration set.
+    assert span["min"] <= cal["threshold"] < span["max"]
 
 
 def test_errors_order_the_most_confident_first():

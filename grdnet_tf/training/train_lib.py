@@ -207,7 +207,9 @@ def _save(manager, step, chief, guard=None):
 
 def evaluate_test_split(model, config, data_dir, summaries, step):
     """Test-split metrics of the current weights, for learning curves (logged, never used
-    to select checkpoints or thresholds)."""
+    to select checkpoints or thresholds). Uncalibrated: the segmentator map at the scaled
+    paper window, and no image baseline (its statistics come with the calibration)."""
+    config = config_lib.with_overrides(config, {"scoring.image_baseline": "none"})
     run = run_dir.LoadedRun(config=config, model=model, checkpoint_path=None,
                             threshold=None, calibration=None)
     metrics = run_scoring.score_test_split(run_scoring.Scorer(run), data_dir).metrics
