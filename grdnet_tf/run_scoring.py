@@ -209,6 +209,7 @@ def score_test_split(scorer, data_dir, batch_size=8):
                   smoothing_kernel=scorer.kernel, pixel_maps="raw",
                   pixel_map=scorer.params.pixel_map, image_map=scorer.params.image_map,
                   residual_scale=scorer.params.residual_scale,
+                  image_baseline=scorer.params.image_baseline is not None,
                   patch_scale=scorer.params.patch_scale)
     return SplitScores(metrics=result, paths=paths, scores=scores, samples=samples)
 

@@ -268,6 +268,10 @@ def test_report_embeds_pictures_and_explains_metrics(evaluated):
     assert f"12 test images, {defective} defective ({100 * share:.0f}%)" in text
     assert f"flagging every image already gives F1 = {2 * share / (1 + share):.3f}" in text
     assert f"pixel threshold of the defect masks: {result['pixel_threshold']:.4f}" in text
+    # The tiny run scores with an image baseline (conftest.tiny_run): the report says so.
+    assert result["image_baseline"] is True
+    assert ("image score = max of the smoothed segmentator map, standardised per place by "
+            "the training normals' mean and std") in text
     fp, fn = report.errors(*_labels_scores(out), result["threshold"])
     assert (f"{len(fp)} false positive(s), {len(fn)} false negative(s)") in text
 

@@ -184,8 +184,12 @@ def write_report(path, metrics, model_dir, data_dir, checkpoint, pictures=None):
         f"- pixel threshold of the defect masks: {fmt(metrics.get('pixel_threshold'))} "
         f"({metrics.get('pixel_threshold_source', 'n/a')})",
         f"- smoothing window: {metrics.get('smoothing_kernel')} (image score = max of the "
-        f"smoothed map); pixel metrics on the raw segmentator map, `_smoothed` on the "
-        f"smoothed map", "",
+        f"smoothed {metrics.get('image_map', 'segmentator')} map"
+        + (", standardised per place by the training normals' mean and std (image "
+           "baseline): the score is in standard deviations" if metrics.get("image_baseline")
+           else "")
+        + f"); pixel metrics on the raw {metrics.get('pixel_map', 'segmentator')} map, "
+        f"`_smoothed` on the smoothed map", "",
         "| metric | value | meaning |", "|---|---|---|",
     ]
     for key, meaning in METRIC_HELP.items():
