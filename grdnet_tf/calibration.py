@@ -291,19 +291,29 @@ def select_image_scoring(cal_set, sources, candidates, reference, baselines=None
     return source, option, kernel, aurocs
 
 
-def image_baselines(model, config, baseline_cache, sources, residual_scale, log_fn=None):
+def image_baselines(model, config, baseline_cache, sources, residual_scale, log_fn=None,
+                    batch_size=16):
     """{source: `scoring.ImageBaseline`} of the image maps of `baseline_cache` (the
     training images: normals the calibration set never uses), one model pass."""
     if baseline_cache is None or len(baseline_cache) < 2:
         raise ValueError(f"config scoring.image_baseline="
                          f"{config.scoring.image_baseline!r} needs the training images "
                          f"(at least 2) for the per-pixel normal statistics")
-    seg, residual = raw_maps(model, preprocess.to_unit(baseline_cache.images))
     if log_fn:
         log_fn(f"calibration: per-pixel statistics of the image map over "
                f"{len(baseline_cache)} training images (scoring.image_baseline)")
-    return {source: scoring.ImageBaseline.from_maps(
-        scoring.source_map(source, seg, residual, residual_scale)) for source in sources}
+    moments = {}   # source: [sum, sum of squares], float64 [H, W]; maps are not kept
+    for start in range(0, len(baseline_cache), batch_size):
+        seg, residual = model_maps(model, preprocess.to_unit(
+            baseline_cache.images[start:start + batch_size]))
+        for source in sources:
+            maps = np.asarray(scoring.source_map(source, seg, residual, residual_scale),
+                              np.float64)
+            acc = moments.setdefault(source, [0.0, 0.0])
+            acc[0] = acc[0] + maps.sum(axis=0)
+            acc[1] = acc[1] + (maps ** 2).sum(axis=0)
+    return {source: scoring.ImageBaseline.from_moments(len(baseline_cache), *moments[source])
+            for source in sources}
 
 
 def select_pixel_map(cal_set, sources, kernel):

@@ -140,15 +140,25 @@ class ImageBaseline:
         """The baseline of normal images' maps [N, H, W] (N >= 2): per-pixel mean and
         standard deviation, the latter floored at its median over the image."""
         maps = np.asarray(maps, np.float64)
-        if maps.ndim != 3 or len(maps) < 2:
+        if maps.ndim != 3:
+            raise ValueError(f"ImageBaseline needs maps [N, H, W], got {maps.shape}")
+        return cls.from_moments(len(maps), maps.sum(axis=0), (maps ** 2).sum(axis=0))
+
+    @classmethod
+    def from_moments(cls, count, total, total_of_squares):
+        """`from_maps` of `count` maps given by their per-pixel sum and sum of squares
+        (float64 [H, W]), so that the maps of a large training set need not be kept."""
+        if count < 2:
             raise ValueError(f"ImageBaseline needs the maps of at least 2 normal images, "
-                             f"got an array of shape {maps.shape}")
-        std = maps.std(axis=0)
+                             f"got {count}")
+        mean = np.asarray(total, np.float64) / count
+        variance = np.asarray(total_of_squares, np.float64) / count - mean ** 2
+        std = np.sqrt(np.maximum(variance, 0.0))
         floor = float(np.median(std))
-        if not floor > 0:   # normals that never vary: any deviation is unusual
+        if not floor > 1e-6:   # normals that never vary: any deviation is unusual
             floor = max(float(std.max()), 1e-6)
-        return cls(mean=maps.mean(axis=0), std=np.maximum(std, floor),
-                   num_images=len(maps), std_floor=floor)
+        return cls(mean=mean, std=np.maximum(std, floor), num_images=int(count),
+                   std_floor=floor)
 
     @property
     def shape(self):

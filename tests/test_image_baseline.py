@@ -158,8 +158,17 @@ def test_calibration_stores_the_baseline_and_every_scorer_uses_it(baseline_run, 
     np.testing.assert_array_equal(loaded.calibration["image_baseline"]["mean"], entry["mean"])
     params = scoring.ScoringParams.from_run(loaded.config, loaded.calibration)
     assert params.image_baseline is not None
-    # The threshold's normals scored again by the run's Scorer give the calibrated scores.
+    # Accumulated batch by batch (3 images a batch here), the statistics equal those of
+    # all the training maps at once.
     from grdnet_tf.data import preprocess
+    seg, _ = calibration.raw_maps(loaded.model, preprocess.to_unit(data.train_cache.images))
+    at_once = scoring.ImageBaseline.from_maps(seg)
+    streamed = calibration.image_baselines(loaded.model, loaded.config, data.train_cache,
+                                           ("segmentator",), 1.0, batch_size=3)["segmentator"]
+    for got in (streamed, params.image_baseline):
+        np.testing.assert_allclose(got.mean, at_once.mean, atol=1e-6)
+        np.testing.assert_allclose(got.std, at_once.std, atol=1e-5)
+    # The threshold's normals scored again by the run's Scorer give the calibrated scores.
     images = preprocess.to_unit(data.val_cache.images)
     ones = list(np.ones(images.shape[:3], np.float32))
     scored = run_scoring.Scorer(loaded).score_batch(list(images), ones)
