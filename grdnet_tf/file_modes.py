@@ -6,7 +6,7 @@ temporary folder, would be unreadable to other users (a TF Serving process runni
 another user could not load the model). `follow_umask` gives them the mode a plain
 ``open`` / ``os.makedirs`` would: 0644 / 0755 under umask 022. `replace_dir` puts a
 finished temporary folder in place of an output folder (so no stale files of an earlier
-run stay among the new ones).
+run stay among the new ones); `atomic_write` does the same for one file.
 """
 import os
 import shutil
@@ -39,3 +39,22 @@ def replace_dir(new_dir, final_dir):
     os.rename(new_dir, final_dir)
     if old_dir:
         shutil.rmtree(old_dir, ignore_errors=True)
+
+
+def atomic_write(path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` via a temporary file in the same folder and os.replace
+    (creating the folder): a reader never sees a half-written file."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        follow_umask(tmp)  # mkstemp makes 0600
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -52,7 +52,7 @@ import cv2
 import numpy as np
 from absl import logging
 
-from grdnet_tf import choices
+from grdnet_tf import choices, file_modes
 from grdnet_tf.data import io, mvtec
 from grdnet_tf.evaluation import plots
 
@@ -505,7 +505,7 @@ def write_rois(category_dir, output_dir="", splits=("train", "validation"), rule
                     + [os.path.join(preview_dir, SUMMARY)])
     encoded = compute_masks(jobs, rule, template)
     for path, data in encoded.items():
-        plots.atomic_write(path, data)
+        file_modes.atomic_write(path, data)
     counts = collections.Counter((job.group, job.existing) for job in jobs)
     groups = sorted({job.group for job in jobs})
     summary = {
@@ -518,6 +518,6 @@ def write_rois(category_dir, output_dir="", splits=("train", "validation"), rule
         "gt_coverage": gt_coverage(category_dir, jobs),
         "previews": write_previews(jobs, preview_dir, preview_count),
     }
-    plots.atomic_write(os.path.join(preview_dir, SUMMARY),
+    file_modes.atomic_write(os.path.join(preview_dir, SUMMARY),
                        (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
     return summary

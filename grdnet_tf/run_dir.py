@@ -31,7 +31,7 @@ import socket
 import numpy as np
 import tensorflow as tf
 
-from grdnet_tf import config as config_lib
+from grdnet_tf import config as config_lib, file_modes
 from grdnet_tf.models import build_grdnet
 
 CONFIG_JSON = "config.json"
@@ -124,9 +124,7 @@ def write_calibration(model_dir, calibration):
         name = f"image_baseline-{digest[:12]}.npz"
         path = os.path.join(model_dir, name)
         if not os.path.isfile(path):
-            with open(path + ".tmp", "wb") as f:
-                f.write(payload)
-            os.replace(path + ".tmp", path)
+            file_modes.atomic_write(path, payload)
         entry.update(file=name, sha256=digest, shape=list(np.shape(entry["mean"])))
     write_json(os.path.join(model_dir, CALIBRATION_JSON), calibration_record(calibration))
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import Optional
 
 import cv2
@@ -80,25 +79,6 @@ def draw_outline(rgb, mask, colour, name="mask") -> None:
     cv2.drawContours(rgb, contours, -1, colour, thickness=1)
 
 
-def atomic_write(path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` via a temporary file in the same folder and os.replace
-    (creating the folder): a reader never sees a half-written file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        file_modes.follow_umask(tmp)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_png(path, rgb) -> None:
     """Write a uint8 RGB [H, W, 3] (or grey [H, W] / [H, W, 1]) image as PNG, atomically."""
     img = np.asarray(rgb)
@@ -113,7 +93,7 @@ def save_png(path, rgb) -> None:
     ok, buf = cv2.imencode(".png", img)
     if not ok:
         raise IOError(f"PNG encoding failed for {path}")
-    atomic_write(path, buf.tobytes())
+    file_modes.atomic_write(path, buf.tobytes())
 
 
 def _save_figure(fig: Figure, path) -> None:
