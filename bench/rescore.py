@@ -87,11 +87,9 @@ def main(argv):
         # training images where the image baseline needs them.
         train_samples, val_samples = train_lib.index_data(config, data_dir)[:2]
         val_cache = train_lib.load_images(config, val_samples)
-        baseline_cache = (train_lib.load_images(config, train_samples)
-                          if config.scoring.image_baseline != "none" else None)
-        cal = calibration.calibrate(run.model, config, val_cache,
-                                    pipeline.load_textures(config), log_fn=print,
-                                    baseline_cache=baseline_cache)
+        cal = calibration.calibrate(
+            run.model, config, val_cache, pipeline.load_textures(config), log_fn=print,
+            baseline_cache=train_lib.load_baseline_images(config, train_samples))
     command = " ".join(["bench/rescore.py"] + argv[1:])
     if overrides or use_roi:
         ceiling.write_result(f"rescore_{name}", score_once(

@@ -208,6 +208,9 @@ def image_scores(maps, kernel, batch_size=64, baseline=None):
     sizes) with a smoothing window, standardised first by an optional
     `scoring.ImageBaseline`."""
     if not isinstance(maps, np.ndarray):
+        if baseline is not None:
+            raise ValueError("an image baseline needs maps of the model size (an [N, H, W] "
+                             "array), not working-size maps of patch mode")
         return np.asarray([float(scoring.image_score(scoring.smooth(
             tf.constant(m[None]), kernel))[0]) for m in maps], np.float32)
     scores = []
@@ -224,7 +227,7 @@ def normal_maps(model, config, val_cache, params=None):
     """Raw image maps (`params.image_map`, default the segmentator's) of the clean
     validation images as they are scored at inference: an [N, H, W] array, or in patch mode
     a list of stitched working-size maps."""
-    params = params or scoring.ScoringParams.from_run(config)
+    params = params or scoring.ScoringParams.uncalibrated(config)
     if not tiling.patch_mode(config):
         seg, residual = raw_maps(model, preprocess.to_unit(val_cache.images))
         return np.asarray(scoring.source_map(params.image_map, seg, residual,
@@ -426,11 +429,9 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None,
         # anomalib's convention) are computed on the raw map.
         pixel_map, pixel_aurocs = select_pixel_map(cal_set, cal_set.sources(), 1)
     scale = cal_set.residual_scale if cal_set is not None else 1.0
-    params = dataclasses.replace(
-        scoring.ScoringParams.from_run(config_lib.with_overrides(
-            config, {"scoring.image_baseline": "none"})),
-        kernel=int(kernel), pixel_map=pixel_map, image_map=image_map,
-        image_baseline=baseline)
+    params = dataclasses.replace(scoring.ScoringParams.uncalibrated(config), kernel=int(kernel),
+                                 pixel_map=pixel_map, image_map=image_map,
+                                 image_baseline=baseline)
     if params.uses_residual:
         params = dataclasses.replace(params, residual_scale=scale)
     if selecting and not tiling.patch_mode(config):

@@ -216,8 +216,19 @@ class ScoringParams:
 
     @classmethod
     def from_run(cls, config, calibration=None):
-        """The run's scoring: `resolve_kernel`, `resolve_maps` and the config's data /
-        patch settings."""
+        """The run's scoring: `resolve_kernel`, `resolve_maps`, `resolve_image_baseline`
+        and the config's data / patch settings."""
+        return cls._of(config, calibration, resolve_image_baseline(config, calibration))
+
+    @classmethod
+    def uncalibrated(cls, config):
+        """The scoring before any calibration (the calibration itself, learning curves):
+        as `from_run` without calibration.json, and no image baseline, whose statistics
+        only calibration makes."""
+        return cls._of(config, None, None)
+
+    @classmethod
+    def _of(cls, config, calibration, image_baseline):
         patches = tiling.patch_mode(config)
         pixel_map, image_map, residual_scale = resolve_maps(config, calibration)
         return cls(image_size=tuple(int(v) for v in config.data.image_size),
@@ -226,7 +237,7 @@ class ScoringParams:
                    patch_scale=float(config.data.patch_scale) if patches else 0.0,
                    patch_stride=tiling.patch_stride(config) if patches else 0,
                    pixel_map=pixel_map, image_map=image_map, residual_scale=residual_scale,
-                   image_baseline=resolve_image_baseline(config, calibration))
+                   image_baseline=image_baseline)
 
 
 DEFAULT_PIXEL_THRESHOLD = 0.5   # the segmentator's own decision boundary (sigmoid output)

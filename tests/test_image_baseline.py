@@ -222,3 +222,8 @@ def test_position_without_a_calibrated_baseline_asks_for_a_recalibration():
     assert scoring.ScoringParams.from_run(auto, {"threshold": 0.3}).image_baseline is None
     with pytest.raises(ValueError, match="needs the training images"):
         calibration.image_baselines(None, config, None, ("segmentator",), 1.0)
+    # Before calibration (the calibration itself, learning curves) there is no baseline.
+    assert scoring.ScoringParams.uncalibrated(config).image_baseline is None
+    baseline = scoring.ImageBaseline(mean=np.zeros((4, 4)), std=np.ones((4, 4)))
+    with pytest.raises(ValueError, match="not working-size maps of patch mode"):
+        calibration.image_scores([np.zeros((4, 6), np.float32)], 3, baseline=baseline)

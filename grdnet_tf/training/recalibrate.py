@@ -71,12 +71,9 @@ def recalibrate(model_dir, data_dir, overrides=None, checkpoint="best", log_fn=l
         val_cache = train_lib.load_images(config, val_samples)
         if not len(val_cache):
             raise ValueError(f"--data_dir={data_dir}: no validation images to calibrate on")
-        # The training images only where the image baseline needs their statistics.
-        baseline_cache = (train_lib.load_images(config, train_samples)
-                          if config.scoring.image_baseline != "none" else None)
-        calibration = calibration_lib.calibrate(run.model, config, val_cache,
-                                                pipeline.load_textures(config), log_fn=log_fn,
-                                                baseline_cache=baseline_cache)
+        calibration = calibration_lib.calibrate(
+            run.model, config, val_cache, pipeline.load_textures(config), log_fn=log_fn,
+            baseline_cache=train_lib.load_baseline_images(config, train_samples))
         calibration["checkpoint"] = run.checkpoint_path
         for name in (run_dir.CALIBRATION_JSON, run_dir.CONFIG_JSON):
             path = os.path.join(model_dir, name)

@@ -35,7 +35,7 @@ from absl import logging
 
 from grdnet_tf import calibration as calibration_lib
 from grdnet_tf import config as config_lib
-from grdnet_tf import keys, progress, run_dir, run_scoring
+from grdnet_tf import keys, progress, run_dir, run_scoring, scoring
 from grdnet_tf.data import mvtec, pipeline
 from grdnet_tf.models.grdnet import LOSS_METRICS, build_grdnet, set_precision
 from grdnet_tf.training import checkpoints as ckpt_lib
@@ -81,6 +81,15 @@ def load_images(config, samples):
     return pipeline.load_cache(samples, tuple(config.data.image_size), config.data.channels,
                                config.data.skip_bad_files,
                                patch_scale=float(config.data.patch_scale))
+
+
+def load_baseline_images(config, train_samples):
+    """The decoded training images that scoring.image_baseline takes its per-pixel
+    statistics from (`calibration.calibrate`'s baseline_cache), or None when it is "none"
+    (then nothing is decoded)."""
+    if config.scoring.image_baseline == "none":
+        return None
+    return load_images(config, train_samples)
 
 
 def load_train_data(config, data_dir, layout=None):
@@ -209,10 +218,10 @@ def evaluate_test_split(model, config, data_dir, summaries, step):
     """Test-split metrics of the current weights, for learning curves (logged, never used
     to select checkpoints or thresholds). Uncalibrated: the segmentator map at the scaled
     paper window, and no image baseline (its statistics come with the calibration)."""
-    config = config_lib.with_overrides(config, {"scoring.image_baseline": "none"})
     run = run_dir.LoadedRun(config=config, model=model, checkpoint_path=None,
                             threshold=None, calibration=None)
-    metrics = run_scoring.score_test_split(run_scoring.Scorer(run), data_dir).metrics
+    scorer = run_scoring.Scorer(run, params=scoring.ScoringParams.uncalibrated(config))
+    metrics = run_scoring.score_test_split(scorer, data_dir).metrics
     values = {f"test/{k}": metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro")
               if metrics.get(k) is not None}
     Summaries.scalars(summaries.validation, values, step)
