@@ -8,7 +8,9 @@ threshold still comes from whole tiled validation images):
 
 * **normals**: the clean validation images X of the first pass (label 0);
 * **synthetic anomalies**: each validation image drawn `repeats` times through the training
-  synthesis (no rotation or flips). A draw whose anomaly
+  synthesis (no rotation or flips), or with ``scoring.calibration_anomalies="defects"``
+  through grdnet_tf.data.defects (spots, scratches, misplaced patches: a family the
+  networks were not trained on). A draw whose anomaly
   touches the ROI (M * ROI nonzero) is an anomaly (label 1); a draw whose anomaly lies
   entirely outside the ROI is a normal (label 0: the segmentator is trained to ignore it);
   a draw without an anomaly repeats a clean image and is left out. The draws' sizes are the
@@ -50,7 +52,7 @@ from absl import logging
 from sklearn import metrics as skm
 
 from grdnet_tf import choices, config as config_lib, keys, scoring
-from grdnet_tf.data import pipeline, preprocess, tiling
+from grdnet_tf.data import defects, pipeline, preprocess, tiling
 from grdnet_tf.evaluation import metrics as metrics_lib
 
 CALIBRATION_STREAM = 3  # a seed stream of its own (train 0, validation 1, shuffle 2)
@@ -168,11 +170,24 @@ def synthesis_config(config):
                                               "synthesis.mask_area_max": high})
 
 
+def anomaly_family(config):
+    """(family, defect_area) of the calibration set's synthetic anomalies:
+    ``scoring.calibration_anomalies`` ("training": the training synthesis; "defects":
+    grdnet_tf.data.defects) and the defects' area range (``scoring.calibration_mask_area_*``
+    when set, else the module's)."""
+    family = config.scoring.get("calibration_anomalies", pipeline.TRAINING)
+    low, high = (config.scoring.calibration_mask_area_min,
+                 config.scoring.calibration_mask_area_max)
+    return family, ((low, high) if high else (defects.AREA_MIN, defects.AREA_MAX))
+
+
 def calibration_set(model, config, val_cache, texture_cache=None, repeats=4, batch_size=16):
-    """Builds the `CalibrationSet` of `val_cache` (clean images and synthetic draws; the
-    draws' sizes per `synthesis_config`)."""
+    """Builds the `CalibrationSet` of `val_cache` (clean images and synthetic draws of
+    `anomaly_family`; the training family's sizes per `synthesis_config`)."""
+    family, defect_area = anomaly_family(config)
     ds = pipeline.validation_dataset(synthesis_config(config), val_cache, batch_size,
-                                     texture_cache, repeats=repeats, stream=CALIBRATION_STREAM)
+                                     texture_cache, repeats=repeats, stream=CALIBRATION_STREAM,
+                                     family=family, defect_area=defect_area)
     first_pass = pipeline.validation_dataset(config, val_cache, batch_size, texture_cache,
                                              stream=CALIBRATION_STREAM)
     clean = [model_maps(model, batch[keys.IMAGE]) for batch in first_pass]
@@ -389,8 +404,11 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None,
             repeats = int(config.scoring.calibration_repeats)
             low, high = (config.scoring.calibration_mask_area_min,
                          config.scoring.calibration_mask_area_max)
+            family, _ = anomaly_family(config)
             log_fn(f"calibration: scoring {len(val_cache)} validation images and {repeats} "
                    "synthetic anomalies of each"
+                   + (" (defect-like: spots, scratches, patches; "
+                      "scoring.calibration_anomalies)" if family == pipeline.DEFECTS else "")
                    + (f" ({100 * low:g}-{100 * high:g} % of the image, "
                       "scoring.calibration_mask_area_*)" if high else "")
                    + (" to choose the smoothing window among " + ", ".join(

@@ -23,6 +23,7 @@ MAP_SOURCES = ("segmentator", "residual", "sum")         # maps a score is taken
 MAP_CHOICES = MAP_SOURCES + ("auto",)                    # scoring.pixel_map, image_map
 IMAGE_BASELINES = ("none", "position")                   # how the image map is compared
 IMAGE_BASELINE_CHOICES = IMAGE_BASELINES + ("auto",)     # scoring.image_baseline
+CALIBRATION_ANOMALIES = ("training", "defects")          # scoring.calibration_anomalies
 ROI_THRESHOLDS = ("otsu", "triangle", "fixed")           # grdnet-roi --threshold
 ROI_FEATURES = ("grey", "border_distance", "local_contrast")  # grdnet-roi --feature
 ROI_POLARITIES = ("auto", "bright", "dark")              # grdnet-roi --polarity

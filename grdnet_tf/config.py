@@ -34,6 +34,7 @@ ALLOWED = {
     "scoring.pixel_map": choices.MAP_CHOICES,
     "scoring.image_map": choices.MAP_CHOICES,
     "scoring.image_baseline": choices.IMAGE_BASELINE_CHOICES,
+    "scoring.calibration_anomalies": choices.CALIBRATION_ANOMALIES,
     "data.layout": choices.LAYOUTS,
 }
 
@@ -281,6 +282,14 @@ def base_config() -> ml_collections.ConfigDict:
     # on anomalies of that size. 0 (default) = the training synthesis' own sizes.
     c.scoring.calibration_mask_area_min = 0.0
     c.scoring.calibration_mask_area_max = 0.0
+    # Which synthetic anomalies the calibration set draws (not in the paper):
+    #   "training" (default): the training synthesis (Perlin blobs blended with textures);
+    #   "defects": defect-like anomalies the networks never see in training: dark or bright
+    #     spots, thin scratches and misplaced patches of the surface, 0.05-1 % of the image
+    #     (or calibration_mask_area_min / max when set); grdnet_tf/data/defects.py. On the
+    #     training family validation favours the segmentator, which learnt exactly that
+    #     family; this one asks which maps and window find anomalies nobody trained on.
+    c.scoring.calibration_anomalies = "training"
     c.scoring.threshold_quantile = 0.99  # quantile of validation-normal scores: the threshold
     # Pixel threshold of the defect mask (anomaly_mask = smoothed map > it). 0 (default) =
     # calibrated: the pixel F1-max of the smoothed maps of validation normals and synthetic

@@ -33,10 +33,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from grdnet_tf import keys
-from grdnet_tf.data import io, perlin, preprocess, synthesis, textures, tiling
+from grdnet_tf import choices, keys
+from grdnet_tf.data import defects, io, perlin, preprocess, synthesis, textures, tiling
 
 TRAIN_STREAM, VALIDATION_STREAM, SHUFFLE_STREAM = 0, 1, 2
+TRAINING, DEFECTS = choices.CALIBRATION_ANOMALIES  # synthetic anomaly families
 _PATCH_OFFSET = 100  # sub-seed tag of the random patch offset (synthesis uses 0..10)
 
 
@@ -212,7 +213,8 @@ def _centre_patches(cache, patch_size):
     return out
 
 
-def synthesis_fn(config, cache, texture_cache=None, augment=True, stream=TRAIN_STREAM):
+def synthesis_fn(config, cache, texture_cache=None, augment=True, stream=TRAIN_STREAM,
+                 family=TRAINING, defect_area=(defects.AREA_MIN, defects.AREA_MAX)):
     """The per-example function ``(element_index int64, image_index) -> dict``.
 
     Returns float32 tensors of one example: IMAGE (augmented X), PERTURBED (X_n), MASK (M)
@@ -223,7 +225,11 @@ def synthesis_fn(config, cache, texture_cache=None, augment=True, stream=TRAIN_S
     grdnet_tf.data.textures (when synthesis.texture_builtin_weight > 0).
     In patch mode ``fn(element_index, image_index, offset=None)`` crops the patch at
     ``offset`` (y, x), or at a uniformly random offset when None.
+    ``family="defects"`` draws grdnet_tf.data.defects' defect-like anomalies instead of the
+    training synthesis (the calibration set's `scoring.calibration_anomalies`; every
+    example then has one, of sizes ``defect_area`` = (min, max) fractions of the image).
     """
+    choices.check("family", family, choices.CALIBRATION_ANOMALIES)
     params = synthesis.SynthesisParams.from_config(config)
     if not augment:
         params = dataclasses.replace(params, rotation_deg=0.0, flip_horizontal=False,
@@ -268,10 +274,13 @@ def synthesis_fn(config, cache, texture_cache=None, augment=True, stream=TRAIN_S
         image = synthesis.to_float(image)
         roi = tf.cast(roi, tf.float32)
         image, roi = synthesis.augment_geometry(image, roi, seed, params)
-        perturbed, mask = synthesis.synthesize(image, seed, params, self_bank=self_bank,
-                                               self_index=image_index,
-                                               external_bank=external_bank,
-                                               builtin_bank=builtin_bank, roi=roi)
+        if family == DEFECTS:
+            perturbed, mask, _ = defects.synthesize(image, seed, roi, defect_area)
+        else:
+            perturbed, mask = synthesis.synthesize(image, seed, params, self_bank=self_bank,
+                                                   self_index=image_index,
+                                                   external_bank=external_bank,
+                                                   builtin_bank=builtin_bank, roi=roi)
         return {keys.IMAGE: image, keys.PERTURBED: perturbed, keys.MASK: mask, keys.ROI: roi}
 
     return fn
@@ -340,7 +349,8 @@ def train_dataset(config, cache, global_batch_size, start_step=0, texture_cache=
 
 
 def validation_dataset(config, cache, batch_size, texture_cache=None, repeats=1,
-                       stream=VALIDATION_STREAM):
+                       stream=VALIDATION_STREAM, family=TRAINING,
+                       defect_area=(defects.AREA_MIN, defects.AREA_MAX)):
     """Deterministic passes over the validation images, in cache order.
 
     Fixed-seed anomalies (the same on every call), no rotation or flips, the last batch may
@@ -349,6 +359,7 @@ def validation_dataset(config, cache, batch_size, texture_cache=None, repeats=1,
     In patch mode the elements are the grid patches of each image at stride = patch size.
     `repeats` passes follow each other; element e shows item e % (items per pass) with the
     anomaly of seed (config.seed, `stream`, e), so every pass draws new anomalies.
+    `family` / `defect_area`: as :func:`synthesis_fn` (the calibration set's anomalies).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
@@ -356,7 +367,8 @@ def validation_dataset(config, cache, batch_size, texture_cache=None, repeats=1,
         logging.warning("validation_dataset: no validation images; the dataset is empty")
     if texture_cache is None:
         texture_cache = load_textures(config)
-    fn = synthesis_fn(config, cache, texture_cache, augment=False, stream=stream)
+    fn = synthesis_fn(config, cache, texture_cache, augment=False, stream=stream,
+                      family=family, defect_area=defect_area)
     if tiling.patch_mode(config) and len(cache):
         patch_size = tuple(config.data.image_size)
         table = tf.constant(grid_patches(cache, patch_size, min(patch_size)))
