@@ -182,15 +182,21 @@ class LoadedRun:
     calibration: dict | None
 
 
-def load_for_inference(model_dir, checkpoint="best"):
-    """Builds the run's GRDNet from its config.json and restores generator + segmentator."""
+_UNREAD = object()
+
+
+def load_for_inference(model_dir, checkpoint="best", calibration=_UNREAD):
+    """Builds the run's GRDNet from its config.json and restores generator + segmentator.
+    `calibration`: the run's `read_calibration` result when the caller has already read
+    it (it is not read again), else it is read here."""
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"--model_dir={model_dir} does not exist")
     config = load_run_config(model_dir)
     path = find_checkpoint(model_dir, checkpoint)
     model = build_grdnet(config)
     inference_checkpoint(model).restore(path).expect_partial().assert_existing_objects_matched()
-    calibration = read_calibration(model_dir)
+    if calibration is _UNREAD:
+        calibration = read_calibration(model_dir)
     threshold = None if calibration is None else float(calibration["threshold"])
     return LoadedRun(config=config, model=model, checkpoint_path=path, threshold=threshold,
                      calibration=calibration)

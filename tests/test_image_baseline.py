@@ -227,3 +227,18 @@ def test_position_without_a_calibrated_baseline_asks_for_a_recalibration():
     baseline = scoring.ImageBaseline(mean=np.zeros((4, 4)), std=np.ones((4, 4)))
     with pytest.raises(ValueError, match="not working-size maps of patch mode"):
         calibration.image_scores([np.zeros((4, 6), np.float32)], 3, baseline=baseline)
+
+
+def test_export_reads_the_calibration_and_its_baseline_file_once(baseline_run, tmp_path,
+                                                                 monkeypatch):
+    """grdnet-export checks the threshold on the calibration it read, then loads the run
+    with that same calibration: calibration.json and the .npz are read (and hashed) once."""
+    model_dir = baseline_run[0]
+    calls = []
+    real = run_dir.read_calibration
+    monkeypatch.setattr(run_dir, "read_calibration",
+                        lambda path: calls.append(path) or real(path))
+    version_dir = export_lib.export_run(model_dir, str(tmp_path / "export"))
+    assert calls == [os.path.abspath(model_dir)]
+    sha = export_lib.read_metadata(version_dir)["calibration"]["image_baseline"]["sha256"]
+    assert sha == baseline_run[1]["image_baseline"]["sha256"]

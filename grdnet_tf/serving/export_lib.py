@@ -691,7 +691,7 @@ def export_run(model_dir, export_dir, version=None, overwrite=False, checkpoint=
     choices.check("precision", precision, choices.PRECISIONS)
     if roi:
         check_template_size(read_roi_template(roi), checked_size)
-    loaded = _load_at_precision(model_dir, checkpoint, precision)
+    loaded = _load_at_precision(model_dir, checkpoint, precision, calibration)
     return export_model(loaded, export_dir, version=version, overwrite=overwrite,
                         threshold=threshold, model_dir=model_dir,
                         pixel_threshold=pixel_threshold, export_format=export_format,
@@ -703,13 +703,15 @@ def _check_max_pixels(max_pixels):
         raise ValueError(f"--max_pixels={max_pixels!r} must be a positive integer")
 
 
-def _load_at_precision(model_dir, checkpoint, precision):
+def _load_at_precision(model_dir, checkpoint, precision, calibration):
     """`run_dir.load_for_inference` with the networks built under the policy `precision`
-    (layers keep the policy in force when they are created); the global policy is restored."""
+    (layers keep the policy in force when they are created) and the run's calibration as
+    already read (with its baseline file: read and hash-checked once); the global policy
+    is restored."""
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision)
     try:
-        return run_dir.load_for_inference(model_dir, checkpoint)
+        return run_dir.load_for_inference(model_dir, checkpoint, calibration=calibration)
     finally:
         keras.mixed_precision.set_global_policy(previous)
 
