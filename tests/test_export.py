@@ -486,7 +486,7 @@ def test_failed_export_leaves_nothing(exported, tmp_path, monkeypatch):
     monkeypatch.setattr(export_lib.tf.saved_model, "save", broken_save)
     # The restore is not under test here: reuse the fixture's model.
     monkeypatch.setattr(export_lib.run_dir, "load_for_inference",
-                        lambda model_dir, checkpoint: exported.loaded)
+                        lambda model_dir, checkpoint, calibration=None: exported.loaded)
     with pytest.raises(OSError, match="disk full"):
         export_lib.export_run(exported.model_dir, base)
     with pytest.raises(OSError, match="disk full"):
