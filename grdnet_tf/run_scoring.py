@@ -87,6 +87,7 @@ class Scored:
     sample: object = None
     raw_map: np.ndarray = None  # float32 [H, W], the pixel map before smoothing
     reconstruction: np.ndarray = None  # float32 [H, W, C] in [0, 1] (model resolution)
+    roi: np.ndarray = None  # uint8 [h, w] in {0, 1}: the ROI file as read (use_roi), or None
 
 
 def iter_scored(scorer, items, batch_size=8, skip_bad_files=False):
@@ -101,10 +102,10 @@ def iter_scored(scorer, items, batch_size=8, skip_bad_files=False):
         images = [b[1] for b in batch]
         rois = [b[2] for b in batch]
         out = scorer.score_batch(images, rois)
-        for (item, _, _, native), amap, raw, score, rec in zip(
+        for (item, _, _, native, roi_read), amap, raw, score, rec in zip(
                 batch, out[keys.ANOMALY_MAP], out[keys.RAW_ANOMALY_MAP],
                 out[keys.ANOMALY_SCORE], out[keys.RECONSTRUCTION]):
-            yield _scored(item, native, amap, raw, score, rec)
+            yield _scored(item, native, amap, raw, score, rec, roi_read)
         batch.clear()
 
     for item in items:
@@ -119,15 +120,16 @@ def iter_scored(scorer, items, batch_size=8, skip_bad_files=False):
         roi_path = getattr(item, "roi_path", None) if scorer.use_roi else None
         inputs = scorer.model_inputs(native)
         size = tuple(inputs.shape[:2])
-        roi = (preprocess.model_mask(io.read_mask(roi_path, notes=roi_notes,
-                                                  image_shape=native.shape)[None], size)[0]
-               if roi_path else tf.ones(size, tf.float32))
+        roi_read = (io.read_mask(roi_path, notes=roi_notes, image_shape=native.shape)
+                    if roi_path else None)  # read once: Scored.roi carries it on
+        roi = (preprocess.model_mask(roi_read[None], size)[0] if roi_path
+               else tf.ones(size, tf.float32))
         if scorer.patches:  # one working-size image at a time
             out = scorer.score_working(inputs, roi)
             yield _scored(item, native, out[keys.ANOMALY_MAP], out[keys.RAW_ANOMALY_MAP],
-                          out[keys.ANOMALY_SCORE], out[keys.RECONSTRUCTION])
+                          out[keys.ANOMALY_SCORE], out[keys.RECONSTRUCTION], roi_read)
             continue
-        batch.append((item, inputs, roi, native))
+        batch.append((item, inputs, roi, native, roi_read))
         if len(batch) == batch_size:
             yield from flush()
     if batch:
@@ -135,11 +137,11 @@ def iter_scored(scorer, items, batch_size=8, skip_bad_files=False):
     roi_notes.warn()
 
 
-def _scored(item, native, anomaly_map, raw_map, score, reconstruction):
+def _scored(item, native, anomaly_map, raw_map, score, reconstruction, roi=None):
     sample = item if isinstance(item, mvtec.Sample) else None
     return Scored(path=item.path if sample else item, image=native, anomaly_map=anomaly_map,
                   anomaly_score=float(score), sample=sample, raw_map=raw_map,
-                  reconstruction=reconstruction)
+                  reconstruction=reconstruction, roi=roi)
 
 
 @dataclasses.dataclass

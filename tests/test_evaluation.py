@@ -79,9 +79,11 @@ def test_predict_streams_csv_and_heatmaps(tiny_run, demo_category, tmp_path):
     assert high["count"] == 1 and high["flagged"] == 0
 
 
-def test_predict_with_roi_masks_maps_like_score_images(tiny_run, demo_category, tmp_path):
+def test_predict_with_roi_masks_maps_like_score_images(tiny_run, demo_category, tmp_path,
+                                                       monkeypatch):
     """--roi as a folder of masks by stem, or one template for every image: the scores are
-    score_images' with that ROI; a folder lacking a mask stops before anything is written."""
+    score_images' with that ROI, each ROI file is read once per image (scoring and the
+    heatmap outline share it); a folder lacking a mask stops before anything is written."""
     folder = os.path.join(demo_category, "test", "good_outside_roi")
     roi_dir = os.path.join(demo_category, "test_roi", "good_outside_roi")
     run = run_dir.load_for_inference(tiny_run)
@@ -99,9 +101,19 @@ def test_predict_with_roi_masks_maps_like_score_images(tiny_run, demo_category, 
                                           roi=roi[None])[keys.ANOMALY_SCORE][0])
 
     eval_lib.predict(tiny_run, folder, str(tmp_path / "plain"), overlays=False)
+    reads, read_mask = [], io.read_mask
+
+    def counted_read_mask(path, *args, **kwargs):
+        reads.append(os.path.basename(path))
+        return read_mask(path, *args, **kwargs)
+
+    monkeypatch.setattr(io, "read_mask", counted_read_mask)
     eval_lib.predict(tiny_run, folder, str(tmp_path / "by_stem"), roi=roi_dir, batch_size=3)
+    monkeypatch.setattr(io, "read_mask", read_mask)
     plain, by_stem = rows(tmp_path / "plain"), rows(tmp_path / "by_stem")
     assert [r["path"] for r in by_stem] == [r["path"] for r in plain]
+    assert sorted(reads) == sorted(os.path.splitext(os.path.basename(r["path"]))[0] + ".png"
+                                   for r in by_stem)
     for row in by_stem:
         stem = os.path.splitext(os.path.basename(row["path"]))[0]
         assert float(row["score"]) == pytest.approx(

@@ -176,8 +176,14 @@ def read_mask(path, image_size=None, notes=None, image_shape=None) -> np.ndarray
     if notes is not None:
         notes.check(path, mask.shape, binary, image_shape)
     if image_size is not None:
-        mask = _resize(mask, image_size, cv2.INTER_NEAREST_EXACT)
+        mask = resize_mask(mask, image_size)
     return np.ascontiguousarray(mask)
+
+
+def resize_mask(mask, image_size) -> np.ndarray:
+    """A mask ``[h, w]`` at ``(height, width)`` by nearest neighbour (as :func:`read_mask`
+    resizes); the same array when it already has that size."""
+    return _resize(mask, image_size, cv2.INTER_NEAREST_EXACT)
 
 
 class MaskNotes:

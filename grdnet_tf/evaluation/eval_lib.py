@@ -35,13 +35,10 @@ def _overlay(scored, gt_mask_path=None):
     return plots.overlay(scored.image, amap, gt)
 
 
-def _native_roi(scored, cache):
-    """The ROI of a scored sample at its image's size (nearest neighbour), read once per
-    file."""
-    path, shape = scored.sample.roi_path, scored.image.shape[:2]
-    if (path, shape) not in cache:
-        cache[(path, shape)] = io.read_mask(path, shape)
-    return cache[(path, shape)]
+def _native_roi(scored):
+    """The ROI scoring read (`Scored.roi`) at its image's size (nearest neighbour): the
+    file is not read again."""
+    return io.resize_mask(scored.roi, scored.image.shape[:2])
 
 
 def _safe_name(path):
@@ -184,7 +181,6 @@ def predict(model_dir, inputs, output_dir, checkpoint="best", threshold=None, ba
                          f"--threshold")
     paths = expand_inputs(inputs)
     items = mvtec.samples_with_roi(paths, roi)
-    roi_masks = {}  # ROI file -> its mask (a template is read once)
     names = heatmap_names(paths)
     os.makedirs(output_dir, exist_ok=True)
     overlay_dir = os.path.join(output_dir, "heatmaps")
@@ -214,7 +210,7 @@ def predict(model_dir, inputs, output_dir, checkpoint="best", threshold=None, ba
                                     exist_ok=True)
                     picture = _overlay(scored)
                     if roi:
-                        plots.draw_outline(picture, _native_roi(scored, roi_masks),
+                        plots.draw_outline(picture, _native_roi(scored),
                                            plots.ROI_CONTOUR_RGB, "ROI")
                     plots.save_png(os.path.join(staging, name), picture)
                     native = native_map(scored.anomaly_map, scored.image.shape)
