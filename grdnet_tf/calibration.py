@@ -181,10 +181,21 @@ def anomaly_family(config):
     return family, ((low, high) if high else (defects.AREA_MIN, defects.AREA_MAX))
 
 
-def calibration_set(model, config, val_cache, texture_cache=None, repeats=4, batch_size=16):
+def pixel_family(config):
+    """The family whose draws choose the pixel map and the pixel threshold:
+    ``scoring.pixel_calibration_anomalies``, or `anomaly_family`'s when "same" (the
+    default, and runs written before the key existed)."""
+    family = config.scoring.get("pixel_calibration_anomalies", "same")
+    return anomaly_family(config)[0] if family == "same" else family
+
+
+def calibration_set(model, config, val_cache, texture_cache=None, repeats=4, batch_size=16,
+                    family=None):
     """Builds the `CalibrationSet` of `val_cache` (clean images and synthetic draws of
-    `anomaly_family`; the training family's sizes per `synthesis_config`)."""
-    family, defect_area = anomaly_family(config)
+    `anomaly_family`, or of `family` when given; the training family's sizes per
+    `synthesis_config`)."""
+    configured, defect_area = anomaly_family(config)
+    family = family or configured
     ds = pipeline.validation_dataset(synthesis_config(config), val_cache, batch_size,
                                      texture_cache, repeats=repeats, stream=CALIBRATION_STREAM,
                                      family=family, defect_area=defect_area)
@@ -418,6 +429,17 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None,
                    + " then the thresholds")
         cal_set = calibration_set(model, config, val_cache, texture_cache,
                                   repeats=int(config.scoring.calibration_repeats))
+    pixel_set = cal_set
+    family, pixels_from = anomaly_family(config)[0], pixel_family(config)
+    if cal_set is not None and pixels_from != family and (
+            wanted["pixel_map"] == "auto" or not explicit_pixel):
+        if log_fn:
+            log_fn(f"calibration: the pixel map and threshold are chosen on "
+                   f"{int(config.scoring.calibration_repeats)} draws of the {pixels_from} "
+                   f"family per validation image (scoring.pixel_calibration_anomalies)")
+        pixel_set = calibration_set(model, config, val_cache, texture_cache,
+                                    repeats=int(config.scoring.calibration_repeats),
+                                    family=pixels_from)
     image_sources = (cal_set.sources() if wanted["image_map"] == "auto"
                      else (wanted["image_map"],))
     if explicit:
@@ -445,7 +467,7 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None,
     if pixel_map == "auto":
         # On the raw maps (window 1): the pixel metrics (pixel AUROC, AUPRO; DRAEM's and
         # anomalib's convention) are computed on the raw map.
-        pixel_map, pixel_aurocs = select_pixel_map(cal_set, cal_set.sources(), 1)
+        pixel_map, pixel_aurocs = select_pixel_map(pixel_set, pixel_set.sources(), 1)
     scale = cal_set.residual_scale if cal_set is not None else 1.0
     params = dataclasses.replace(scoring.ScoringParams.uncalibrated(config), kernel=int(kernel),
                                  pixel_map=pixel_map, image_map=image_map,
@@ -482,10 +504,14 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None,
     if warning:
         result["warning"] = warning
         logging.warning("calibration: %s", warning)
-    result.update(_pixel_and_span(cal_set, params, explicit_pixel, scores))
+    result.update(_pixel_and_span(cal_set, params, explicit_pixel, scores, pixel_set))
     if cal_set is not None:
         result["num_synthetic_anomalies"] = int(cal_set.synthetic_labels.sum())
         result["num_synthetic_outside_roi"] = int((cal_set.synthetic_labels == 0).sum())
+        result["calibration_anomalies"] = family
+        result["pixel_calibration_anomalies"] = family if pixel_set is cal_set else pixels_from
+    if pixel_set is not cal_set:
+        result["pixel_num_synthetic_anomalies"] = int(pixel_set.synthetic_labels.sum())
     if log_fn:
         chosen = (f"smoothing window {kernel} ({source}"
                   + (", validation image AUROC " + ", ".join(
@@ -571,13 +597,15 @@ def _baseline_line(result, kernel):
     return line + ")"
 
 
-def _pixel_and_span(cal_set, params, explicit_pixel, normal_scores):
-    """calibration.json entries of the defect mask (params.pixel_map) and of the normalised
-    score (params.image_map)."""
+def _pixel_and_span(cal_set, params, explicit_pixel, normal_scores, pixel_set=None):
+    """calibration.json entries of the defect mask (params.pixel_map, threshold on
+    `pixel_set`, default `cal_set`) and of the normalised score (params.image_map, on
+    `cal_set`)."""
     if explicit_pixel:
         value, f1, source = explicit_pixel, None, "config"
     else:
-        value, f1 = pixel_threshold(cal_set, params.kernel, params.pixel_map)
+        value, f1 = pixel_threshold(pixel_set if pixel_set is not None else cal_set,
+                                    params.kernel, params.pixel_map)
         source = "validation_f1" if f1 is not None else "default"
     scores = list(normal_scores)
     if cal_set is not None:

@@ -24,6 +24,8 @@ MAP_CHOICES = MAP_SOURCES + ("auto",)                    # scoring.pixel_map, im
 IMAGE_BASELINES = ("none", "position")                   # how the image map is compared
 IMAGE_BASELINE_CHOICES = IMAGE_BASELINES + ("auto",)     # scoring.image_baseline
 CALIBRATION_ANOMALIES = ("training", "defects")          # scoring.calibration_anomalies
+# scoring.pixel_calibration_anomalies ("same": scoring.calibration_anomalies)
+PIXEL_CALIBRATION_ANOMALIES = ("same",) + CALIBRATION_ANOMALIES
 ROI_THRESHOLDS = ("otsu", "triangle", "fixed")           # grdnet-roi --threshold
 ROI_FEATURES = ("grey", "border_distance", "local_contrast")  # grdnet-roi --feature
 ROI_POLARITIES = ("auto", "bright", "dark")              # grdnet-roi --polarity

@@ -35,6 +35,7 @@ ALLOWED = {
     "scoring.image_map": choices.MAP_CHOICES,
     "scoring.image_baseline": choices.IMAGE_BASELINE_CHOICES,
     "scoring.calibration_anomalies": choices.CALIBRATION_ANOMALIES,
+    "scoring.pixel_calibration_anomalies": choices.PIXEL_CALIBRATION_ANOMALIES,
     "data.layout": choices.LAYOUTS,
 }
 
@@ -290,6 +291,12 @@ def base_config() -> ml_collections.ConfigDict:
     #     training family validation favours the segmentator, which learnt exactly that
     #     family; this one asks which maps and window find anomalies nobody trained on.
     c.scoring.calibration_anomalies = "training"
+    # Which synthetic anomalies choose the pixel outputs' map (pixel_map "auto") and the
+    # defect mask's pixel threshold: "same" (default) = calibration_anomalies; "training" or
+    # "defects" = that family for the pixel choices only, while the image score's map,
+    # window and baseline stay chosen on calibration_anomalies (two calibration sets, the
+    # same clean normals; docs/method.md §5).
+    c.scoring.pixel_calibration_anomalies = "same"
     c.scoring.threshold_quantile = 0.99  # quantile of validation-normal scores: the threshold
     # Pixel threshold of the defect mask (anomaly_mask = smoothed map > it). 0 (default) =
     # calibrated: the pixel F1-max of the smoothed maps of validation normals and synthetic

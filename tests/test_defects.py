@@ -153,3 +153,45 @@ def test_calibration_set_draws_the_defect_family(demo_category):
         config_lib.with_overrides(config, {"scoring.calibration_anomalies": "cutpaste"})
     with pytest.raises(ValueError, match=r"family='cutpaste' is not allowed"):
         pipeline.validation_dataset(config, data.val_cache, 2, family="cutpaste")
+
+
+def test_pixel_choices_on_their_own_family(demo_category):
+    """scoring.pixel_calibration_anomalies: the pixel map and the pixel threshold are what
+    calibrating wholly on that family chooses, the image map, window, threshold and span
+    what the calibration_anomalies family chooses; "same" changes nothing; a bad value is a
+    config error naming the key."""
+    from grdnet_tf.models import build_grdnet
+    from grdnet_tf.training import train_lib
+    config = config_lib.with_overrides(load_tiny_config(), {
+        "data.val_fraction": 0.3, "data.use_roi": False, "scoring.pixel_map": "auto",
+        "scoring.image_map": "auto", "scoring.calibration_repeats": 2})
+    data = train_lib.load_train_data(config, demo_category)
+    model = build_grdnet(config)
+
+    def calibrate(**scoring):
+        lines = []
+        result = calibration.calibrate(model, config_lib.with_overrides(
+            config, {f"scoring.{k}": v for k, v in scoring.items()}), data.val_cache,
+            log_fn=lines.append)
+        return result, lines
+
+    training, _ = calibrate()
+    whole_defects, _ = calibrate(calibration_anomalies="defects")
+    split, lines = calibrate(pixel_calibration_anomalies="defects")
+    same, _ = calibrate(pixel_calibration_anomalies="same")
+    assert training["pixel_map_candidates"] != whole_defects["pixel_map_candidates"]
+    for key in ("pixel_map", "pixel_map_candidates", "pixel_threshold", "pixel_f1_validation"):
+        assert split[key] == whole_defects[key], key
+    for key in ("image_map", "image_map_candidates", "smoothing_kernel", "threshold", "scores",
+                "normalization", "residual_scale", "num_synthetic_anomalies"):
+        assert split[key] == training[key], key
+    assert (split["calibration_anomalies"], split["pixel_calibration_anomalies"]) == (
+        "training", "defects")
+    assert split["pixel_num_synthetic_anomalies"] == whole_defects["num_synthetic_anomalies"]
+    assert any("scoring.pixel_calibration_anomalies" in line for line in lines)
+    same.pop("pixel_calibration_anomalies")
+    assert same == {k: v for k, v in training.items() if k != "pixel_calibration_anomalies"}
+    assert training["pixel_calibration_anomalies"] == "training"
+    with pytest.raises(ValueError, match=r"scoring.pixel_calibration_anomalies='cutpaste' is "
+                                         r"not allowed"):
+        config_lib.with_overrides(config, {"scoring.pixel_calibration_anomalies": "cutpaste"})
