@@ -194,8 +194,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.seg_depth = 4
     # The anomaly map's value on every pixel at initialisation (the output bias starts at
     # log(pi / (1 - pi)); Lin et al. 2017's prior for focal loss). 0.5 = zero bias. 0.01 over
-    # 3 seeds (docs/results.md): tire image AUROC up, tire pixel AUROC down, magnetic tile
-    # pixel AUROC up; a trade, not a gain, so the default stays 0.5.
+    # 3 seeds (docs/results.md): magnetic tile image and pixel AUROC up (three sessions);
+    # tire image AUROC up on one machine and not on another (session 14), so the default
+    # stays 0.5.
     c.model.seg_output_prior = 0.5
     # "none" (the paper's network), "se" (Squeeze-and-Excitation, Hu et al. 2018) or "cbam"
     # (Woo et al. 2018) in the residual blocks of the generator, the discriminator and the
