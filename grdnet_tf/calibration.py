@@ -190,20 +190,24 @@ def pixel_family(config):
 
 
 def calibration_set(model, config, val_cache, texture_cache=None, repeats=4, batch_size=16,
-                    family=None):
+                    family=None, clean_from=None):
     """Builds the `CalibrationSet` of `val_cache` (clean images and synthetic draws of
     `anomaly_family`, or of `family` when given; the training family's sizes per
-    `synthesis_config`)."""
+    `synthesis_config`). `clean_from`: a set of the same `val_cache` whose clean maps and
+    residuals are taken instead of scoring the clean images again."""
     configured, defect_area = anomaly_family(config)
     family = family or configured
     ds = pipeline.validation_dataset(synthesis_config(config), val_cache, batch_size,
                                      texture_cache, repeats=repeats, stream=CALIBRATION_STREAM,
                                      family=family, defect_area=defect_area)
-    first_pass = pipeline.validation_dataset(config, val_cache, batch_size, texture_cache,
-                                             stream=CALIBRATION_STREAM)
-    clean = [model_maps(model, batch[keys.IMAGE]) for batch in first_pass]
-    clean_maps = np.concatenate([c[0] for c in clean])
-    clean_residuals = np.concatenate([c[1] for c in clean])
+    if clean_from is not None:
+        clean_maps, clean_residuals = clean_from.clean_maps, clean_from.clean_residuals
+    else:
+        first_pass = pipeline.validation_dataset(config, val_cache, batch_size, texture_cache,
+                                                 stream=CALIBRATION_STREAM)
+        clean = [model_maps(model, batch[keys.IMAGE]) for batch in first_pass]
+        clean_maps = np.concatenate([c[0] for c in clean])
+        clean_residuals = np.concatenate([c[1] for c in clean])
     maps, residuals, labels, masks = [], [], [], []
     for batch in ds:
         mask = batch[keys.MASK].numpy()
@@ -439,7 +443,7 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None,
                    f"family per validation image (scoring.pixel_calibration_anomalies)")
         pixel_set = calibration_set(model, config, val_cache, texture_cache,
                                     repeats=int(config.scoring.calibration_repeats),
-                                    family=pixels_from)
+                                    family=pixels_from, clean_from=cal_set)
     image_sources = (cal_set.sources() if wanted["image_map"] == "auto"
                      else (wanted["image_map"],))
     if explicit:
@@ -504,7 +508,7 @@ def calibrate(model, config, val_cache, texture_cache=None, log_fn=None,
     if warning:
         result["warning"] = warning
         logging.warning("calibration: %s", warning)
-    result.update(_pixel_and_span(cal_set, params, explicit_pixel, scores, pixel_set))
+    result.update(_pixel_and_span(cal_set, pixel_set, params, explicit_pixel, scores))
     if cal_set is not None:
         result["num_synthetic_anomalies"] = int(cal_set.synthetic_labels.sum())
         result["num_synthetic_outside_roi"] = int((cal_set.synthetic_labels == 0).sum())
@@ -597,15 +601,13 @@ def _baseline_line(result, kernel):
     return line + ")"
 
 
-def _pixel_and_span(cal_set, params, explicit_pixel, normal_scores, pixel_set=None):
+def _pixel_and_span(cal_set, pixel_set, params, explicit_pixel, normal_scores):
     """calibration.json entries of the defect mask (params.pixel_map, threshold on
-    `pixel_set`, default `cal_set`) and of the normalised score (params.image_map, on
-    `cal_set`)."""
+    `pixel_set`) and of the normalised score (params.image_map, on `cal_set`)."""
     if explicit_pixel:
         value, f1, source = explicit_pixel, None, "config"
     else:
-        value, f1 = pixel_threshold(pixel_set if pixel_set is not None else cal_set,
-                                    params.kernel, params.pixel_map)
+        value, f1 = pixel_threshold(pixel_set, params.kernel, params.pixel_map)
         source = "validation_f1" if f1 is not None else "default"
     scores = list(normal_scores)
     if cal_set is not None:
